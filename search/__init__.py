@@ -1,0 +1,1 @@
+"""The search driver and CLI: spaces, sampling, Ray Tune, MLflow."""

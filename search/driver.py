@@ -1,0 +1,197 @@
+"""One search, start to end: data ready, Ray Tune + Optuna + ASHA run the trials, MLflow gets
+the parent run, the results table, and the best model evaluated on held-out data and
+registered. Called by `search.run`; everything here happens in the driver process."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import optuna
+import pandas as pd
+import ray
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+import mlflow
+from search.evaluation import confusion_figure, curves_figure, evaluate, predicted_classes
+from search.results import best_trial, records_from_grid, results_table
+from search.sampling import DefineByRun
+from search.searcher import METRIC, MODE, PruningOptunaSearch, RecordingASHA
+from search.space import Choice, Fixed, Space
+from search.tracking import TrialRunLogger, start_parent_run
+from search.trainable import MODEL_FILE, run_trial
+from trainables.config import TrialConfig
+from trainables.data import Listing, list_images
+from trainables.digits import write_digits
+from trainables.images import load_arrays
+from trainables.pipeline import make_dataset
+
+
+@dataclass(frozen=True)
+class Options:
+    tracking_uri: str
+    storage_path: Path
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished search produced, for the summary the CLI prints."""
+
+    name: str
+    table: pd.DataFrame
+    results_path: Path
+    parent_run_id: str
+    best: pd.Series | None
+    test: dict[str, Any] | None
+    evaluated_on: str
+    model_uri: str | None
+    study: optuna.Study
+
+
+def prepare_data(space: Space) -> Listing:
+    """Write the bundled data if the space asks for it, list the splits, and decode every
+    split once at each image size the space can draw (trials then read the shared cache)."""
+    if space.data.generate == "digits":
+        write_digits(space.data.root)
+    listing = list_images(space.data, space.seed)
+    param = space.params["image_size"]
+    sizes = [param.value] if isinstance(param, Fixed) else \
+        list(param.choices) if isinstance(param, Choice) else []  # ranges: decoded on demand
+    for size in sizes:
+        for split in listing.splits.values():
+            load_arrays(split, size, space.data.color_mode, space.data.cache_dir)
+    return listing
+
+
+def _ray_init(address: str | None) -> None:
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+
+
+def run_search(space: Space, options: Options) -> Outcome:
+    """Run the search `space` describes and record it in MLflow. Trials that fail are recorded
+    as failed; the search goes on without them."""
+    listing = prepare_data(space)
+    mlflow.set_tracking_uri(options.tracking_uri)
+    client = MlflowClient()
+    run_name = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    s = space.search
+    parent = start_parent_run(client, space.name, run_name, {
+        "space_file": str(space.source), "seed": space.seed, "num_samples": s.num_samples,
+        "sampler": s.sampler, "asha_max_epochs": s.asha.max_epochs,
+        "asha_grace_period": s.asha.grace_period,
+        "asha_reduction_factor": s.asha.reduction_factor,
+        "cpu_per_trial": s.resources.cpu, "gpu_per_trial": s.resources.gpu,
+        "classes": ",".join(listing.classes),
+    })
+    client.log_artifact(parent, str(space.source))
+    try:
+        grid, scheduler, searcher, logger = _tune(space, listing, options, run_name, parent)
+        records = records_from_grid(grid, scheduler.stopped)
+        table = results_table(records)
+        results_path = options.storage_path.resolve() / run_name / "results.parquet"
+        table.to_parquet(results_path, index=False)
+        _log_overview(client, parent, table, records, results_path)
+        best = best_trial(table)
+        test, evaluated_on, model_uri = None, "", None
+        if best is not None:
+            result = {rec.trial_id: res for rec, res in zip(records, grid)}[best["trial_id"]]
+            test, evaluated_on, model_uri = _evaluate_and_register(
+                space, listing, result, logger.run_ids[best["trial_id"]], parent)
+        client.set_terminated(parent, "FINISHED")
+    except BaseException:
+        client.set_terminated(parent, "FAILED")
+        raise
+    return Outcome(space.name, table, results_path, parent, best, test, evaluated_on,
+                   model_uri, searcher.study)
+
+
+def _tune(space: Space, listing: Listing, options: Options, run_name: str,
+          parent: str) -> tuple[Any, RecordingASHA, PruningOptunaSearch, TrialRunLogger]:
+    s = space.search
+    scheduler = RecordingASHA(max_t=s.asha.max_epochs, grace_period=s.asha.grace_period,
+                              reduction_factor=s.asha.reduction_factor)
+    sampler = (optuna.samplers.TPESampler(seed=space.seed) if s.sampler == "tpe"
+               else optuna.samplers.RandomSampler(seed=space.seed))
+    searcher = PruningOptunaSearch(scheduler, space=DefineByRun(space), sampler=sampler,
+                                   points_to_evaluate=space.baseline_points() or None)
+    logger = TrialRunLogger(options.tracking_uri, space.name, parent, scheduler.stopped)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, space=space, listing=listing),
+        {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
+    _ray_init(options.address)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                    num_samples=s.num_samples,
+                                    max_concurrent_trials=s.max_concurrent),
+        run_config=tune.RunConfig(
+            name=run_name, storage_path=str(options.storage_path.resolve()),
+            callbacks=[logger], verbose=1,
+            # keep each trial's best epoch (the model we keep) and its latest (to resume)
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    return tuner.fit(), scheduler, searcher, logger
+
+
+def _log_overview(client: MlflowClient, parent: str, table: pd.DataFrame, records: list,
+                  results_path: Path) -> None:
+    client.log_artifact(parent, str(results_path))
+    with tempfile.TemporaryDirectory() as folder:
+        csv = Path(folder) / "results.csv"
+        table.to_csv(csv, index=False)
+        client.log_artifact(parent, str(csv))
+    histories = {r.trial_id + (f" ({r.config['baseline']})" if r.config.get("baseline") else ""):
+                 r.history for r in records}
+    client.log_figure(parent, curves_figure(histories, METRIC), "val_accuracy_curves.png")
+    counts = table["status"].value_counts()
+    for status in ("completed", "stopped", "failed"):
+        client.log_metric(parent, f"trials_{status}", float(counts.get(status, 0)))
+    if best_trial(table) is not None:
+        client.log_metric(parent, "best_val_accuracy", float(table["best_val_accuracy"].max()))
+
+
+def _evaluate_and_register(space: Space, listing: Listing, result: Any, run_id: str,
+                           parent: str) -> tuple[dict[str, Any], str, str]:
+    """Evaluate the best trial's best checkpoint on the test split (validation if the space
+    has none), log it as an MLflow model on the trial's run and register a new version."""
+    config = TrialConfig.from_params(result.config)
+    checkpoint = result.get_best_checkpoint(METRIC, MODE) or result.checkpoint
+    with checkpoint.as_directory() as folder:
+        model = keras.models.load_model(Path(folder) / MODEL_FILE)
+    split = "test" if "test" in listing.splits else "validation"
+    arrays = load_arrays(listing.splits[split], config.image_size, space.data.color_mode,
+                         space.data.cache_dir)
+    data = make_dataset(arrays.images, arrays.labels, 64, training=False, seed=space.seed)
+    predicted = predicted_classes(model.predict(data, verbose=0))
+    test = evaluate(arrays.labels, predicted, listing.classes)
+    client = MlflowClient()
+    for target in (run_id, parent):
+        client.log_metric(target, f"{split}_accuracy", test["accuracy"])
+        client.log_dict(target, test["report"], f"{split}_classification_report.json")
+        client.log_figure(target, confusion_figure(arrays.labels, predicted, listing.classes,
+                                                   f"{space.name}: {split} split"),
+                          f"{split}_confusion_matrix.png")
+    for cls in listing.classes:
+        client.log_metric(run_id, f"{split}_f1_{cls}", test["report"][cls]["f1-score"])
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.tensorflow.log_model(
+            model, name="model", registered_model_name=space.name,
+            input_example=arrays.images[:2].astype("float32"),
+            metadata={"classes": list(listing.classes), "image_size": config.image_size,
+                      "color_mode": space.data.color_mode, "space": space.name,
+                      "trial_config": json.dumps(result.config, default=str)})
+    version = info.registered_model_version
+    client.set_tag(parent, "registered_model", f"models:/{space.name}/{version}")
+    return test, split, f"models:/{space.name}/{version}"

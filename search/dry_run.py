@@ -1,0 +1,38 @@
+"""`--dry-run`: check a space without training: its data (if present) and its baselines."""
+
+from __future__ import annotations
+
+from search.space import Fixed, Space
+from trainables.data import DataError, list_images
+from trainables.models import build_model
+
+
+def dry_run(space: Space) -> None:
+    """Print what the space searches, the images per split and class (or why there are none),
+    and every baseline's parameter count. Builds models without pretrained weights."""
+    searched = sorted(n for n, p in space.params.items() if not isinstance(p, Fixed))
+    print(f"space {space.name} ({space.source}): searches {', '.join(searched) or 'nothing'}")
+    classes = space.data.classes
+    try:
+        listing = list_images(space.data, space.seed)
+        classes = listing.classes
+        print(f"data {space.data.root}:")
+        print(f"  {'split':<12}{'class':<20}{'images':>8}")
+        for split, cls, n in listing.counts():
+            print(f"  {split:<12}{cls:<20}{n:>8}")
+        if listing.ignored:
+            print(f"  ({listing.ignored} files ignored: not images, or no class in the name)")
+    except DataError as exc:
+        later = " (written on the first run)" if space.data.generate else ""
+        print(f"data: {exc}{later}")
+    if not space.baselines:
+        print("no baselines")
+        return
+    if classes is None:
+        print("baselines not built: no data and no data.classes to size the output layer")
+        return
+    print(f"{'baseline':<24}{'parameters':>14}")
+    for name, config in space.baselines.items():
+        model = build_model(config.replace(backbone_weights="none"), len(classes),
+                            space.data.channels)
+        print(f"{name:<24}{model.count_params():>14,}")

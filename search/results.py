@@ -1,0 +1,82 @@
+"""The results of a search as a table: one row per trial, built from Ray's results.
+
+Kept apart from Ray's `ResultGrid` by `TrialRecord`, so the table, the curves and the choice
+of the best trial can be tested from hand-made records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from search.searcher import METRIC
+from trainables.config import BASELINE_KEY
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What one trial did: its config, its per-epoch metrics, how it ended."""
+
+    trial_id: str
+    config: dict[str, Any]
+    history: pd.DataFrame  # one row per epoch: epoch, loss, accuracy, val_loss, val_accuracy
+    wall_s: float
+    error: str | None = None
+    stopped_early: bool = False
+    path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def records_from_grid(grid: Any, stopped: set[str]) -> list[TrialRecord]:
+    """One `TrialRecord` per trial of a Ray Tune `ResultGrid`."""
+    records = []
+    for result in grid:
+        metrics = result.metrics or {}
+        history = result.metrics_dataframe if result.metrics_dataframe is not None \
+            else pd.DataFrame()
+        trial_id = metrics.get("trial_id") or result.path.rsplit("_", 2)[-2]
+        records.append(TrialRecord(
+            trial_id=trial_id, config=dict(result.config or {}), history=history,
+            wall_s=float(metrics.get("time_total_s", 0.0)),
+            error=str(result.error).strip().splitlines()[-1][:300] if result.error else None,
+            stopped_early=trial_id in stopped, path=result.path,
+        ))
+    return records
+
+
+def results_table(records: list[TrialRecord]) -> pd.DataFrame:
+    """One row per trial: id, baseline name, status, epochs run, final and best metrics, wall
+    seconds, then every config param. Sorted best first (failed trials last)."""
+    rows = []
+    for r in records:
+        h = r.history
+        has = METRIC in h and len(h) > 0
+        status = "failed" if r.error else "stopped" if r.stopped_early else "completed"
+        rows.append({
+            "trial_id": r.trial_id,
+            "baseline": r.config.get(BASELINE_KEY, ""),
+            "status": status,
+            "stopped_early": r.stopped_early,
+            "epochs_run": len(h) if has else 0,
+            "val_accuracy": float(h[METRIC].iloc[-1]) if has else float("nan"),
+            "best_val_accuracy": float(h[METRIC].max()) if has else float("nan"),
+            "val_loss": float(h["val_loss"].iloc[-1]) if has else float("nan"),
+            "accuracy": float(h["accuracy"].iloc[-1]) if has else float("nan"),
+            "wall_s": r.wall_s,
+            "error": r.error or "",
+            **{k: v for k, v in r.config.items() if k != BASELINE_KEY},
+        })
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return table.sort_values("best_val_accuracy", ascending=False, na_position="last",
+                             kind="stable").reset_index(drop=True)
+
+
+def best_trial(table: pd.DataFrame) -> pd.Series | None:
+    """The trial with the highest validation accuracy at any epoch (its best checkpoint is the
+    model kept), or None if no trial reported one."""
+    ok = table[table["best_val_accuracy"].notna()] if not table.empty else table
+    return None if ok.empty else ok.loc[ok["best_val_accuracy"].idxmax()]

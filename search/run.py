@@ -1,0 +1,82 @@
+"""`python -m search.run SPACE.yaml`: validate a space, then dry-run it or run the search.
+
+Bad input (a broken space file, missing or unusable data) ends with one message naming the
+problem and exit code 2, before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from search.space import Space, SpaceError, load_space
+from search.tracking import DEFAULT_TRACKING_URI
+from trainables.data import DataError
+
+EXIT_BAD_INPUT = 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.splitlines()[0])
+    p.add_argument("space", help="the search space YAML file (see spaces/)")
+    p.add_argument("--num-samples", type=int, help="number of trials (overrides the space)")
+    p.add_argument("--max-epochs", type=int, help="ASHA's max epochs per trial (overrides)")
+    p.add_argument("--seed", type=int, help="seed for sampler, data split and Keras (overrides)")
+    p.add_argument("--data-root", help="folder holding the space's data (overrides data.root)")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI",
+                                                            DEFAULT_TRACKING_URI),
+                   help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                        f"{DEFAULT_TRACKING_URI})")
+    p.add_argument("--storage-path", default="ray_results",
+                   help="where Ray Tune keeps trials, checkpoints and results.parquet")
+    p.add_argument("--address", help="Ray cluster address (auto, host:port or ray://...)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, report the data and baseline models, train nothing")
+    return p.parse_args(argv)
+
+
+def with_overrides(space: Space, args: argparse.Namespace) -> Space:
+    """The space with the command line's overrides applied (checked like the file's values)."""
+    search, seed, data = space.search, space.seed, space.data
+    if args.num_samples is not None:
+        if args.num_samples < 1:
+            raise SpaceError(f"--num-samples must be >= 1, got {args.num_samples}")
+        search = dataclasses.replace(search, num_samples=args.num_samples)
+    if args.max_epochs is not None:
+        if args.max_epochs < 1:
+            raise SpaceError(f"--max-epochs must be >= 1, got {args.max_epochs}")
+        asha = dataclasses.replace(search.asha, max_epochs=args.max_epochs,
+                                   grace_period=min(search.asha.grace_period, args.max_epochs))
+        search = dataclasses.replace(search, asha=asha)
+    if args.seed is not None:
+        seed = args.seed
+    if args.data_root is not None:
+        data = dataclasses.replace(data, root=Path(args.data_root).expanduser().absolute())
+    baselines = {n: b.replace(seed=seed) for n, b in space.baselines.items()}
+    return dataclasses.replace(space, search=search, seed=seed, data=data, baselines=baselines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        space = with_overrides(load_space(args.space), args)
+        if args.dry_run:
+            from search.dry_run import dry_run
+            dry_run(space)
+            return 0
+        from search.driver import Options, run_search
+        from search.summary import print_summary
+        outcome = run_search(space, Options(args.tracking_uri, Path(args.storage_path),
+                                            args.address))
+        print_summary(outcome, args.tracking_uri)
+        return 0
+    except (SpaceError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

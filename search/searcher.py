@@ -1,0 +1,55 @@
+"""Ray Tune's ASHA and OptunaSearch, joined so that Optuna sees ASHA's stops as prunes.
+
+As shipped, `OptunaSearch.on_trial_complete` tells Optuna that a trial ASHA stopped after
+one epoch is COMPLETE with its epoch-1 accuracy as final value, which teaches TPE that
+configurations that start fast are the best ones. Here ASHA records the trials it stops and
+the searcher tells Optuna those are PRUNED (Optuna then keeps their per-epoch values as
+intermediate values and does not rank them as finished).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+METRIC, MODE = "val_accuracy", "max"  # declared once, handed to sampler and scheduler
+
+
+class RecordingASHA(ASHAScheduler):
+    """ASHA that remembers which trials it stopped before their planned epochs (`stopped`,
+    trial ids). ASHA also says STOP to a trial that reaches `max_t`; that one finished."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(metric=METRIC, mode=MODE, **kwargs)
+        self.stopped: set[str] = set()
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        planned = min(trial.config.get("epochs", self._max_t), self._max_t)
+        if decision == TrialScheduler.STOP and result[self._time_attr] < planned:
+            self.stopped.add(trial.trial_id)
+        return decision
+
+
+class PruningOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna a trial stopped by `scheduler` was PRUNED."""
+
+    def __init__(self, scheduler: RecordingASHA, **kwargs: Any):
+        super().__init__(metric=METRIC, mode=MODE, **kwargs)
+        self._scheduler = scheduler
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self._scheduler.stopped and trial_id not in self._completed_trials:
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+    @property
+    def study(self) -> optuna.Study:
+        """The Optuna study behind the search (read it; do not tell it trials)."""
+        return self._ot_study

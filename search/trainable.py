@@ -1,0 +1,61 @@
+"""The one adapter between Ray Tune and the Keras trial code in `trainables/`.
+
+It turns Ray's flat config into a `TrialConfig`, sizes TensorFlow to the trial's resources,
+resumes from the trial's last checkpoint if Ray restarted it, and reports every epoch through
+`ray.tune.report` with the model saved as a native `.keras` file. Only `ray.tune` is imported:
+the `ray.train` reporting functions raise inside Tune.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import keras
+from ray import tune
+
+from search.space import Space
+from trainables.config import TrialConfig
+from trainables.data import Listing
+from trainables.images import load_arrays
+from trainables.resources import configure_tensorflow
+from trainables.train import TrialData, train
+
+MODEL_FILE, STATE_FILE = "model.keras", "state.json"
+
+
+def trial_epochs(space: Space, config: TrialConfig) -> int:
+    """Epochs a trial runs: its own setting, capped by the search's ASHA `max_epochs`."""
+    return min(config.epochs, space.search.asha.max_epochs)
+
+
+def load_trial_data(space: Space, listing: Listing, config: TrialConfig) -> TrialData:
+    """Train and validation arrays at the trial's image size, from the node's shared cache."""
+    def split(name: str) -> Any:
+        return load_arrays(listing.splits[name], config.image_size, space.data.color_mode,
+                           space.data.cache_dir)
+    return TrialData(split("train"), split("validation"), len(listing.classes))
+
+
+def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None:
+    """Ray Tune function trainable: train one trial, reporting and checkpointing every epoch."""
+    configure_tensorflow(space.search.resources.cpu, space.search.resources.gpu)
+    keras.backend.clear_session()  # a reused worker must not carry the last trial's graph
+    config = TrialConfig.from_params(params)
+    model, initial_epoch = None, 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            model = keras.models.load_model(Path(folder) / MODEL_FILE)
+            initial_epoch = json.loads((Path(folder) / STATE_FILE).read_text())["epoch"]
+
+    def report(metrics: dict[str, float], trained: keras.Model) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            trained.save(Path(folder) / MODEL_FILE)
+            (Path(folder) / STATE_FILE).write_text(json.dumps({"epoch": metrics["epoch"]}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    train(config, load_trial_data(space, listing, config), report,
+          epochs=trial_epochs(space, config), model=model, initial_epoch=initial_epoch)

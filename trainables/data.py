@@ -1,0 +1,164 @@
+"""Where a space's images are and how they split: file listing only, no decoding.
+
+Three layouts, as the reports met them, all expressed by `DataSpec`:
+- class sub-folders, one folder per split (`train: training_set`, `test: test_set`);
+- one class-folder tree split into train / validation / test by stratified, seeded fractions
+  (`validation: 0.15`, `test: 0.15` carve those shares out of `train`);
+- a flat folder whose file names carry the class (`{path: train, pattern: '^(cat|dog)\\.'}`).
+Layouts mix per split (rock-paper-scissors: class folders for train and test, a flat
+validation folder).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
+SPLITS = ("train", "validation", "test")
+
+
+class DataError(ValueError):
+    """The data on disk cannot make a training set: the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """A folder under the data root; with `pattern`, a flat folder whose file names give the
+    class through the pattern's one group."""
+
+    path: Path
+    pattern: str | None = None
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    root: Path
+    train: SplitSource
+    validation: SplitSource | float
+    test: SplitSource | float | None
+    classes: tuple[str, ...] | None = None
+    color_mode: str = "rgb"
+    generate: str | None = None
+    cache_dir: Path | None = None
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color_mode == "grayscale" else 3
+
+
+@dataclass(frozen=True)
+class Split:
+    files: tuple[str, ...]
+    labels: np.ndarray  # int32 class indices, aligned with files
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The image files of each split and their labels; `ignored` counts files that were not
+    images or whose name did not match a pattern."""
+
+    classes: tuple[str, ...]
+    splits: dict[str, Split]
+    ignored: int = 0
+
+    def counts(self) -> list[tuple[str, str, int]]:
+        """(split, class, number of files) for every split and class, for reports."""
+        return [
+            (name, cls, int(np.sum(split.labels == i)))
+            for name, split in self.splits.items()
+            for i, cls in enumerate(self.classes)
+        ]
+
+
+def _scan(folder: Path, source: SplitSource) -> tuple[list[tuple[str, str]], int]:
+    """(file, class name) pairs in one split folder, and how many files were ignored."""
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder} does not exist")
+    found: list[tuple[str, str]] = []
+    ignored = 0
+    if source.pattern is not None:
+        regex = re.compile(source.pattern)
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            match = regex.search(path.name)
+            if path.suffix.lower() in IMAGE_SUFFIXES and match:
+                found.append((str(path), match.group(1)))
+            else:
+                ignored += 1
+        return found, ignored
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                found.append((str(path), class_dir.name))
+            else:
+                ignored += 1
+    return found, ignored
+
+
+def list_images(spec: DataSpec, seed: int) -> Listing:
+    """List every split's files and labels. Raises `DataError` if the data cannot be used."""
+    if not spec.root.is_dir():
+        raise DataError(f"data folder {spec.root} does not exist")
+    scanned: dict[str, list[tuple[str, str]]] = {}
+    ignored = 0
+    for name in SPLITS:
+        source = getattr(spec, name)
+        if isinstance(source, SplitSource):
+            scanned[name], n_ignored = _scan(spec.root / source.path, source)
+            ignored += n_ignored
+    if not scanned["train"]:
+        raise DataError(f"no images found in {spec.root / spec.train.path}")
+    classes = spec.classes or tuple(sorted({cls for _, cls in scanned["train"]}))
+    if len(classes) < 2:
+        raise DataError(f"need at least 2 classes, found {list(classes)} in "
+                        f"{spec.root / spec.train.path}")
+    index = {cls: i for i, cls in enumerate(classes)}
+    splits: dict[str, Split] = {}
+    for name, pairs in scanned.items():
+        unknown = sorted({cls for _, cls in pairs} - set(index))
+        if unknown:
+            raise DataError(f"split {name} has class {unknown[0]!r}, which is not among the "
+                            f"classes {list(classes)}")
+        splits[name] = Split(tuple(f for f, _ in pairs),
+                             np.array([index[c] for _, c in pairs], dtype=np.int32))
+    splits = _carve(splits, spec, seed)
+    for name, split in splits.items():
+        for i, cls in enumerate(classes):
+            if not np.any(split.labels == i):
+                raise DataError(f"class {cls!r} has no images in the {name} split")
+    return Listing(classes, {n: splits[n] for n in SPLITS if n in splits}, ignored)
+
+
+def _carve(splits: dict[str, Split], spec: DataSpec, seed: int) -> dict[str, Split]:
+    """Carve the fractional splits out of train, stratified by class and seeded."""
+    train = splits["train"]
+    fractions = [(n, getattr(spec, n)) for n in ("test", "validation")
+                 if isinstance(getattr(spec, n), float)]
+    remaining = 1.0
+    for name, fraction in fractions:
+        keep, carved = _stratified(train, fraction / remaining, seed, name)
+        splits[name] = carved
+        train = keep
+        remaining -= fraction
+    splits["train"] = train
+    return splits
+
+
+def _stratified(split: Split, fraction: float, seed: int, name: str) -> tuple[Split, Split]:
+    idx = np.arange(len(split.files))
+    try:
+        keep, carved = train_test_split(idx, test_size=fraction, random_state=seed,
+                                        stratify=split.labels)
+    except ValueError as exc:
+        raise DataError(f"cannot carve a stratified {name} split of {fraction:.2f} from "
+                        f"{len(idx)} training images: {exc}") from None
+
+    def take(rows: np.ndarray) -> Split:
+        rows = np.sort(rows)
+        return Split(tuple(split.files[i] for i in rows), split.labels[rows])
+
+    return take(keep), take(carved)

@@ -1,0 +1,100 @@
+"""Decoded, resized images, cached once per node and shared by every trial that reads them.
+
+A split decoded at one size and colour mode is written once as an `.npy` file keyed by the
+files (path, size, mtime), the size and the mode. Trials open it memory-mapped, so the
+operating system's page cache holds one copy per node however many trials read it, and a
+later search on the same data decodes nothing. Unreadable images are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from trainables.data import Split
+
+DEFAULT_CACHE = Path(os.environ.get("KERAS_SEARCH_CACHE", Path.home() / ".cache" / "keras-search"))
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """A decoded split: uint8 images (n, size, size, channels), their labels, and the files
+    that could not be read."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    skipped: tuple[str, ...]
+
+
+def decode(path: str, size: int, color_mode: str) -> np.ndarray | None:
+    """One image as a uint8 (size, size, channels) array, or None if it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if color_mode == "grayscale" else "RGB")
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return None
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _key(split: Split, size: int, color_mode: str) -> str:
+    digest = hashlib.sha256(f"{size}|{color_mode}".encode())
+    for name in split.files:
+        stat = os.stat(name)
+        digest.update(f"|{name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:24]
+
+
+def load_arrays(split: Split, size: int, color_mode: str,
+                cache_dir: Path | None = None) -> Arrays:
+    """The split decoded at `size`, from the cache if present, else decoded and cached.
+
+    Safe to call from several processes at once: each writes a private file and renames it
+    into place, so a reader never sees half a file (at worst two processes decode the same
+    split once each). Callers must not write to the returned (read-only) images.
+    """
+    folder = cache_dir or DEFAULT_CACHE
+    folder.mkdir(parents=True, exist_ok=True)
+    key = _key(split, size, color_mode)
+    images_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
+    if not (images_path.exists() and meta_path.exists()):
+        _build(split, size, color_mode, images_path, meta_path)
+    meta = json.loads(meta_path.read_text())
+    images = np.load(images_path, mmap_mode="r")
+    return Arrays(images, np.asarray(meta["labels"], dtype=np.int32), tuple(meta["skipped"]))
+
+
+def _build(split: Split, size: int, color_mode: str, images_path: Path, meta_path: Path) -> None:
+    channels = 1 if color_mode == "grayscale" else 3
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL frees the GIL
+        decoded = list(pool.map(lambda f: decode(f, size, color_mode), split.files))
+    kept = [i for i, a in enumerate(decoded) if a is not None]
+    images = np.zeros((len(kept), size, size, channels), dtype=np.uint8)
+    for row, i in enumerate(kept):
+        images[row] = decoded[i]
+    meta = {
+        "labels": split.labels[kept].tolist(),
+        "skipped": [f for f, a in zip(split.files, decoded) if a is None],
+    }
+    _write_atomic(images_path, lambda f: np.save(f, images))
+    _write_atomic(meta_path, lambda f: f.write(json.dumps(meta).encode()))
+
+
+def _write_atomic(path: Path, write: object) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)  # type: ignore[operator]
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,71 @@
+"""tf.data input pipelines over decoded arrays: shuffle, gather, augment, batch, prefetch.
+
+Batches are gathered by index from the (memory-mapped) decoded arrays, so no image is decoded
+twice and nothing is copied into the graph. Augmentation is Keras preprocessing layers applied
+to whole batches of the training split only, in the pipeline, not in the model.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainables.config import TrialConfig
+
+
+def augmentation(config: TrialConfig) -> keras.Sequential | None:
+    """The report-style augmentation (ImageDataGenerator's options) as Keras layers, or None."""
+    if not config.augment:
+        return None
+    seed, fill = config.seed, config.fill_mode
+    layers: list[keras.layers.Layer] = []
+    if config.rotation:
+        layers.append(keras.layers.RandomRotation(config.rotation / 360.0, fill_mode=fill,
+                                                  seed=seed))
+    if config.width_shift or config.height_shift:
+        layers.append(keras.layers.RandomTranslation(config.height_shift, config.width_shift,
+                                                     fill_mode=fill, seed=seed))
+    if config.shear:
+        layers.append(keras.layers.RandomShear(config.shear, config.shear, fill_mode=fill,
+                                               seed=seed))
+    if config.zoom:
+        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode=fill, seed=seed))
+    if config.horizontal_flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    return keras.Sequential(layers, name="augmentation") if layers else None
+
+
+def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *,
+                 training: bool, seed: int, steps: int | None = None,
+                 augment: keras.Sequential | None = None, binary: bool = False) -> tf.data.Dataset:
+    """Batches of (float32 pixels in 0..255, labels) for `model.fit` / `evaluate`.
+
+    Training data is reshuffled every epoch and, with `steps` (steps per epoch), repeated so
+    an epoch may be shorter than a full pass, as in the reports. Evaluation data with `steps`
+    is cut to the same first `steps` batches every epoch. `binary` gives labels of shape
+    (n, 1) as float, for a one-unit sigmoid head.
+    """
+    n = len(labels)
+    shape = (None, *images.shape[1:])
+
+    def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.sort(idx)  # sequential reads from the memory map
+        return images[idx], labels[idx]
+
+    def load(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x, y = tf.numpy_function(gather, [idx], (tf.uint8, tf.int32), stateful=False)
+        x = tf.cast(tf.ensure_shape(x, shape), tf.float32)
+        y = tf.ensure_shape(y, (None,))
+        return x, tf.cast(y[:, None], tf.float32) if binary else y
+
+    ds = tf.data.Dataset.range(n)
+    if training:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    if augment is not None:
+        ds = ds.map(lambda x, y: (augment(x, training=True), y),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    if steps is not None:
+        ds = ds.repeat() if training else ds.take(steps)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,53 @@
+"""Fit TensorFlow to the share of the machine a trial was given: CPU threads and GPU memory."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+
+import tensorflow as tf
+
+
+def cpu_threads(cpus: float) -> int:
+    """TensorFlow intra-op threads for a trial holding `cpus` CPUs (at least one)."""
+    return max(1, math.floor(cpus))
+
+
+def gpu_memory_limit_mb(share: float, total_mb: int) -> int | None:
+    """Memory cap for a trial holding `share` of a GPU with `total_mb`: None for a whole GPU
+    or more (no cap), else its share, so trials placed together cannot starve each other."""
+    if share <= 0 or share >= 1:
+        return None
+    return int(total_mb * share)
+
+
+def _gpu_total_mb() -> int | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total",
+                              "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, check=True, timeout=30).stdout
+        return int(out.split()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def configure_tensorflow(cpus: float, gpu_share: float) -> None:
+    """Size thread pools and cap GPU memory. Call before the trial's first TensorFlow op; in a
+    process that already ran TensorFlow (a reused worker) the first settings stay."""
+    threads = cpu_threads(cpus)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        gpus = tf.config.list_physical_devices("GPU")
+        total = _gpu_total_mb() if gpus else None
+        limit = gpu_memory_limit_mb(gpu_share, total) if total else None
+        for gpu in gpus:
+            if limit is None:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            else:
+                tf.config.set_logical_device_configuration(
+                    gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)])
+    except RuntimeError:
+        pass  # TensorFlow was initialised earlier in this process; its settings stand.

@@ -1,0 +1,69 @@
+"""The training loop of one trial. It knows nothing of Ray: it calls the `report` function it
+is given after every epoch, with the epoch's metrics and the model (to checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+
+from trainables.config import TrialConfig
+from trainables.images import Arrays
+from trainables.models import build_model, compile_model
+from trainables.pipeline import augmentation, make_dataset
+
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+Report = Callable[[dict[str, float], keras.Model], None]
+
+
+class TrialFailed(RuntimeError):
+    """The trial cannot go on (its loss diverged); the search marks it failed and goes on."""
+
+
+@dataclass(frozen=True)
+class TrialData:
+    train: Arrays
+    validation: Arrays
+    n_classes: int
+
+
+class _ReportEachEpoch(keras.callbacks.Callback):
+    def __init__(self, report: Report):
+        super().__init__()
+        self.report = report
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        metrics = {name: float((logs or {})[name]) for name in METRICS}
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise TrialFailed(f"metrics not finite at epoch {epoch + 1}: {metrics}")
+        self.report({**metrics, "epoch": epoch + 1}, self.model)
+
+
+def train(config: TrialConfig, data: TrialData, report: Report, *, epochs: int,
+          model: keras.Model | None = None, initial_epoch: int = 0) -> keras.Model:
+    """Train for `epochs` epochs in all (so a model resumed at `initial_epoch` trains the rest).
+
+    Pass `model` to continue a checkpointed model; otherwise a new one is built and compiled.
+    """
+    keras.utils.set_random_seed(config.seed)
+    binary = config.head == "sigmoid"
+    if model is None:
+        model = build_model(config, data.n_classes, data.train.images.shape[-1])
+        compile_model(model, config)
+    train_ds = make_dataset(data.train.images, data.train.labels, config.batch_size,
+                            training=True, seed=config.seed, steps=config.steps_per_epoch,
+                            augment=augmentation(config), binary=binary)
+    val_ds = make_dataset(data.validation.images, data.validation.labels, config.batch_size,
+                          training=False, seed=config.seed, steps=config.validation_steps,
+                          binary=binary)
+    callbacks: list[keras.callbacks.Callback] = []
+    if config.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            "val_loss", patience=config.early_stopping_patience, restore_best_weights=True))
+    callbacks.append(_ReportEachEpoch(report))
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+              steps_per_epoch=config.steps_per_epoch, callbacks=callbacks, verbose=0)
+    return model
