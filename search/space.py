@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
@@ -49,7 +49,7 @@ class FloatRange:
     log: bool = False
 
 
-Param = Union[Fixed, Choice, IntRange, FloatRange]
+Param = Fixed | Choice | IntRange | FloatRange
 
 
 def contains(param: Param, value: Any) -> bool:

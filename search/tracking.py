@@ -3,6 +3,7 @@ a child run per trial (through Ray's own `MLflowLoggerCallback`, which runs in t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -57,7 +58,7 @@ class TrialRunLogger(MLflowLoggerCallback):
 
 def _last_line(path: str) -> str:
     try:
-        lines = [ln for ln in open(path).read().splitlines() if ln.strip()]
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
     except OSError:
         return "unknown error"
     return lines[-1][:500] if lines else "unknown error"

@@ -59,8 +59,8 @@ class Split:
 
 @dataclass(frozen=True)
 class Listing:
-    """The image files of each split and their labels; `ignored` counts files that were not
-    images or whose name did not match a pattern."""
+    """The image files of each split and their labels; `ignored` counts files skipped: not
+    images, no match for a pattern, or of a class the space does not list."""
 
     classes: tuple[str, ...]
     splits: dict[str, Split]
@@ -119,10 +119,9 @@ def list_images(spec: DataSpec, seed: int) -> Listing:
     index = {cls: i for i, cls in enumerate(classes)}
     splits: dict[str, Split] = {}
     for name, pairs in scanned.items():
-        unknown = sorted({cls for _, cls in pairs} - set(index))
-        if unknown:
-            raise DataError(f"split {name} has class {unknown[0]!r}, which is not among the "
-                            f"classes {list(classes)}")
+        # Listed classes select: other class folders are skipped (10 of 87 gemstones).
+        ignored += sum(1 for _, cls in pairs if cls not in index)
+        pairs = [(f, cls) for f, cls in pairs if cls in index]
         splits[name] = Split(tuple(f for f, _ in pairs),
                              np.array([index[c] for _, c in pairs], dtype=np.int32))
     splits = _carve(splits, spec, seed)
