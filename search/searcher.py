@@ -43,8 +43,15 @@ class PruningOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        if trial_id in self._scheduler.stopped and trial_id not in self._completed_trials:
-            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        if trial_id in self._completed_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        # Ray passes a result that ASHA said STOP to (a prune, or the end at max_t) to no
+        # searcher: report it here so Optuna has every epoch.
+        if result and METRIC in result:
+            ot_trial.report(result[METRIC], result["training_iteration"])
+        if trial_id in self._scheduler.stopped:
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return
         super().on_trial_complete(trial_id, result, error)

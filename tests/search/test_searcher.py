@@ -1,0 +1,52 @@
+"""ASHA's stops reach Optuna as PRUNED, on real Ray Tune and Optuna with a curve trainable."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import sys
+
+import optuna
+from ray import cloudpickle, tune
+
+from search.searcher import METRIC, PruningOptunaSearch, RecordingASHA
+
+EPOCHS = 6
+# Ray workers cannot import a test module: ship its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def curve(config: dict) -> None:
+    """Ray's mock-trainable shape: tanh(step / width) * height, one report per epoch."""
+    for step in range(1, EPOCHS + 1):
+        tune.report({METRIC: math.tanh(step / config["width"]) * config["height"]})
+
+
+def curve_space(trial: optuna.Trial) -> dict:
+    trial.suggest_float("width", 1.0, 4.0)
+    trial.suggest_float("height", 0.1, 1.0)
+    return {"epochs": EPOCHS}
+
+
+def test_trials_stopped_by_asha_are_pruned_in_the_study(ray_local, tmp_path: Path) -> None:
+    scheduler = RecordingASHA(max_t=EPOCHS, grace_period=1, reduction_factor=2)
+    searcher = PruningOptunaSearch(scheduler, space=curve_space,
+                                   sampler=optuna.samplers.TPESampler(seed=0))
+    tuner = tune.Tuner(
+        curve,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=12,
+                                    max_concurrent_trials=2),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0))
+    grid = tuner.fit()
+    assert not grid.errors
+    study = searcher.study
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(study.trials) == 12
+    assert len(pruned) == len(scheduler.stopped) > 0 and complete
+    for trial in pruned:  # kept with the epochs it ran, not ranked as finished
+        assert 0 < len(trial.intermediate_values) < EPOCHS
+    for trial in complete:  # ran every epoch; ASHA's STOP at max_t is not a prune
+        assert len(trial.intermediate_values) == EPOCHS
+        assert trial.value == trial.intermediate_values[EPOCHS]

@@ -1,0 +1,92 @@
+"""Data layouts, their errors, and the decode cache, on folders written with Pillow."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import shape_image, write_class_folders
+
+from trainables.data import DataError, DataSpec, SplitSource, list_images
+from trainables.images import load_arrays
+
+
+def spec(root: Path, **kw) -> DataSpec:
+    args = {"train": SplitSource(Path(".")), "validation": 0.25, "test": 0.25}
+    return DataSpec(root=root, **{**args, **kw})
+
+
+def test_one_tree_split_by_stratified_seeded_fractions(image_tree: Path) -> None:
+    listing = list_images(spec(image_tree), seed=1)
+    assert listing.classes == ("circle", "square", "stripes")
+    sizes = {n: len(s.files) for n, s in listing.splits.items()}
+    assert sum(sizes.values()) == 37 and (sizes["test"], sizes["validation"]) == (10, 9)
+    for split in listing.splits.values():  # stratified: every class in every split
+        assert set(split.labels.tolist()) == {0, 1, 2}
+    assert listing.ignored == 1  # notes.txt
+    again = list_images(spec(image_tree), seed=1)
+    assert again.splits["test"].files == listing.splits["test"].files
+    other = list_images(spec(image_tree), seed=2)
+    assert other.splits["test"].files != listing.splits["test"].files
+
+
+def test_split_folders_and_flat_folder_with_pattern(tmp_path: Path) -> None:
+    write_class_folders(tmp_path / "train", 6)
+    write_class_folders(tmp_path / "test", 3)
+    flat = tmp_path / "validation"
+    flat.mkdir()
+    rng = np.random.default_rng(0)
+    for cls in ("circle", "square", "stripes"):
+        for i in range(2):
+            shape_image(cls, rng).save(flat / f"{cls}{i:02d}-000.png")
+    (flat / "README.md").write_text("no class here")
+    listing = list_images(spec(
+        tmp_path, train=SplitSource(Path("train")), test=SplitSource(Path("test")),
+        validation=SplitSource(Path("validation"), r"^(circle|square|stripes)\d")), seed=0)
+    assert [len(s.files) for s in listing.splits.values()] == [18, 6, 9]
+    assert listing.splits["validation"].labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert listing.ignored == 1
+
+
+def test_listed_classes_select_folders(image_tree: Path) -> None:
+    listing = list_images(spec(image_tree, classes=("square", "circle"), test=None), seed=0)
+    assert listing.classes == ("square", "circle")
+    assert set(listing.splits) == {"train", "validation"}
+
+
+@pytest.mark.parametrize("prepare, message", [
+    (lambda root: shutil.rmtree(root), "does not exist"),
+    (lambda root: [shutil.rmtree(p) for p in root.iterdir()], "no images found"),
+    (lambda root: [shutil.rmtree(root / c) for c in ("square", "stripes")], "at least 2"),
+])
+def test_unusable_data_is_a_clear_error(image_tree: Path, prepare, message: str) -> None:
+    prepare(image_tree)
+    with pytest.raises(DataError, match=message):
+        list_images(spec(image_tree), seed=0)
+
+
+def test_class_missing_from_a_split(tmp_path: Path) -> None:
+    write_class_folders(tmp_path / "train", 4)
+    write_class_folders(tmp_path / "test", 2, classes=("circle", "square"))
+    with pytest.raises(DataError, match="'stripes' has no images in the test split"):
+        list_images(spec(tmp_path, train=SplitSource(Path("train")),
+                         test=SplitSource(Path("test"))), seed=0)
+
+
+def test_decoded_once_cached_and_corrupt_files_skipped(image_tree: Path, tmp_path: Path) -> None:
+    listing = list_images(spec(image_tree, validation=0.5, test=None), seed=0)
+    train = listing.splits["train"]
+    broken = [f for f in train.files if f.endswith("broken.jpg")]
+    cache = tmp_path / "cache"
+    arrays = load_arrays(train, 10, "rgb", cache)
+    assert arrays.images.shape == (len(train.files) - len(broken), 10, 10, 3)
+    assert arrays.images.dtype == np.uint8 and list(arrays.skipped) == broken
+    cached = sorted(cache.iterdir())
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    again = load_arrays(train, 10, "rgb", cache)
+    assert [p.stat().st_mtime_ns for p in sorted(cache.iterdir())] == stamps
+    np.testing.assert_array_equal(again.images, arrays.images)
+    gray = load_arrays(train, 8, "grayscale", cache)
+    assert gray.images.shape[1:] == (8, 8, 1)
