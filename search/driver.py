@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import mlflow
 import optuna
 import pandas as pd
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-import mlflow
 from search.evaluation import confusion_figure, curves_figure, evaluate, predicted_classes
 from search.results import best_trial, records_from_grid, results_table
 from search.sampling import DefineByRun

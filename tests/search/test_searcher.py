@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 import sys
+from pathlib import Path
 
 import optuna
 from ray import cloudpickle, tune
