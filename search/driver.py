@@ -64,9 +64,13 @@ def prepare_data(space: Space) -> Listing:
     param = space.params["image_size"]
     sizes = [param.value] if isinstance(param, Fixed) else \
         list(param.choices) if isinstance(param, Choice) else []  # ranges: decoded on demand
+    skipped: set[str] = set()
     for size in sizes:
         for split in listing.splits.values():
-            load_arrays(split, size, space.data.color_mode, space.data.cache_dir)
+            skipped.update(load_arrays(split, size, space.data.color_mode,
+                                       space.data.cache_dir).skipped)
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable images, for example {min(skipped)}")
     return listing
 
 

@@ -65,5 +65,6 @@ def train(config: TrialConfig, data: TrialData, report: Report, *, epochs: int,
             "val_loss", patience=config.early_stopping_patience, restore_best_weights=True))
     callbacks.append(_ReportEachEpoch(report))
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=config.steps_per_epoch, callbacks=callbacks, verbose=0)
+              steps_per_epoch=config.steps_per_epoch, callbacks=callbacks, verbose=0,
+              shuffle=False)  # the tf.data pipeline shuffles
     return model
