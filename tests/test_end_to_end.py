@@ -6,8 +6,10 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from conftest import write_class_folders
 from mlflow.tracking import MlflowClient
 
+from search.predict import main as predict
 from search.run import main
 
 
@@ -60,3 +62,15 @@ def test_search_end_to_end(ray_local, tiny_space_file, tmp_path: Path, capsys) -
     assert len(table) == 5 and set(table["status"]) <= {"completed", "stopped", "failed"}
     assert table.loc[table["baseline"] == "diverges", "status"].item() == "failed"
     assert {"epochs_run", "best_val_accuracy", "wall_s", "learning_rate"} <= set(table.columns)
+
+    # the registry alone is enough to classify new photos; unreadable ones are skipped
+    photos = tmp_path / "photos"
+    write_class_folders(photos, 2, seed=9)
+    (photos / "circle" / "broken.jpg").write_bytes(b"not an image")
+    capsys.readouterr()
+    assert predict(["models:/tiny/latest", str(photos), "--tracking-uri", uri]) == 1
+    captured = capsys.readouterr()
+    lines = [ln.split("\t") for ln in captured.out.splitlines()]
+    assert len(lines) == 6 and all(ln[1] in {"circle", "square", "stripes"} for ln in lines)
+    assert all(0.0 <= float(ln[2]) <= 1.0 for ln in lines)
+    assert "broken.jpg: unreadable, skipped" in captured.err
