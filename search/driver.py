@@ -52,7 +52,6 @@ class Outcome:
     test: dict[str, Any] | None
     evaluated_on: str
     model_uri: str | None
-    study: optuna.Study
 
 
 def prepare_data(space: Space) -> Listing:
@@ -98,7 +97,7 @@ def run_search(space: Space, options: Options) -> Outcome:
     })
     client.log_artifact(parent, str(space.source))
     try:
-        grid, scheduler, searcher, logger = _tune(space, listing, options, run_name, parent)
+        grid, scheduler, logger = _tune(space, listing, options, run_name, parent)
         records = records_from_grid(grid, scheduler.stopped)
         table = results_table(records)
         results_path = options.storage_path.resolve() / run_name / "results.parquet"
@@ -115,11 +114,11 @@ def run_search(space: Space, options: Options) -> Outcome:
         client.set_terminated(parent, "FAILED")
         raise
     return Outcome(space.name, table, results_path, parent, best, test, evaluated_on,
-                   model_uri, searcher.study)
+                   model_uri)
 
 
 def _tune(space: Space, listing: Listing, options: Options, run_name: str,
-          parent: str) -> tuple[Any, RecordingASHA, PruningOptunaSearch, TrialRunLogger]:
+          parent: str) -> tuple[Any, RecordingASHA, TrialRunLogger]:
     s = space.search
     scheduler = RecordingASHA(max_t=s.asha.max_epochs, grace_period=s.asha.grace_period,
                               reduction_factor=s.asha.reduction_factor)
@@ -146,7 +145,7 @@ def _tune(space: Space, listing: Listing, options: Options, run_name: str,
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
-    return tuner.fit(), scheduler, searcher, logger
+    return tuner.fit(), scheduler, logger
 
 
 def _log_overview(client: MlflowClient, parent: str, table: pd.DataFrame, records: list,

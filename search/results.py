@@ -6,7 +6,7 @@ of the best trial can be tested from hand-made records.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -26,7 +26,6 @@ class TrialRecord:
     error: str | None = None
     stopped_early: bool = False
     path: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def records_from_grid(grid: Any, stopped: set[str]) -> list[TrialRecord]:
