@@ -40,6 +40,11 @@ class PruningOptunaSearch(OptunaSearch):
     def __init__(self, scheduler: RecordingASHA, **kwargs: Any):
         super().__init__(metric=METRIC, mode=MODE, **kwargs)
         self._scheduler = scheduler
+        self._last_step: dict[str, int] = {}  # trial id -> last epoch reported to Optuna
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        super().on_trial_result(trial_id, result)
+        self._last_step[trial_id] = result["training_iteration"]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -48,8 +53,9 @@ class PruningOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         # Ray passes a result that ASHA said STOP to (a prune, or the end at max_t) to no
         # searcher: report it here so Optuna has every epoch.
-        if result and METRIC in result:
-            ot_trial.report(result[METRIC], result["training_iteration"])
+        step = result.get("training_iteration") if result else None
+        if step is not None and METRIC in result and step != self._last_step.get(trial_id):
+            ot_trial.report(result[METRIC], step)
         if trial_id in self._scheduler.stopped:
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
