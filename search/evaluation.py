@@ -12,6 +12,13 @@ import numpy as np
 from sklearn.metrics import ConfusionMatrixDisplay, classification_report
 
 
+def class_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """One probability per class and image: a one-unit sigmoid output p becomes [1 - p, p]."""
+    if outputs.shape[-1] == 1:
+        return np.concatenate([1 - outputs, outputs], axis=-1)
+    return outputs
+
+
 def predicted_classes(probabilities: np.ndarray) -> np.ndarray:
     """Class indices from a model's output: one sigmoid column or a softmax row per image."""
     if probabilities.shape[-1] == 1:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from search.evaluation import class_probabilities, predicted_classes
 from search.tracking import DEFAULT_TRACKING_URI
 from trainables.data import IMAGE_SUFFIXES
 from trainables.images import decode
@@ -47,19 +48,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot load {args.model}: {exc.message}", file=sys.stderr)
         return 2
     classes, size = meta["classes"], int(meta["image_size"])
-    failures = 0
+    files, pixels, failures = [], [], 0
     for path in image_files(args.images):
-        pixels = decode(str(path), size, meta.get("color_mode", "rgb"))
-        if pixels is None:
+        decoded = decode(str(path), size, meta.get("color_mode", "rgb"))
+        if decoded is None:
             print(f"{path}: unreadable, skipped", file=sys.stderr)
             failures += 1
-            continue
-        probabilities = model.predict(pixels[None].astype(np.float32), verbose=0)[0]
-        if len(probabilities) == 1:  # one sigmoid unit: P(second class)
-            probabilities = np.array([1 - probabilities[0], probabilities[0]])
-        index = int(probabilities.argmax())
-        p_class = float(probabilities[index])
-        print(f"{path}\t{classes[index]}\t{p_class:.3f}")
+        else:
+            files.append(path)
+            pixels.append(decoded)
+    if files:
+        outputs = model.predict(np.stack(pixels).astype(np.float32), verbose=0)
+        probabilities = class_probabilities(outputs)
+        for path, index, row in zip(files, predicted_classes(outputs), probabilities):
+            print(f"{path}\t{classes[index]}\t{float(row[index]):.3f}")
     return 1 if failures else 0
 
 
