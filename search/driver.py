@@ -5,6 +5,7 @@ registered. Called by `search.run`; everything here happens in the driver proces
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import matplotlib.pyplot as plt
 import mlflow
 import optuna
 import pandas as pd
@@ -20,10 +22,14 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from search.evaluation import confusion_figure, curves_figure, evaluate, predicted_classes
+from search.objective import METRIC, MODE
+from search.progress import ProgressCallback
 from search.results import best_trial, records_from_grid, results_table
 from search.sampling import DefineByRun
-from search.searcher import METRIC, MODE, PruningOptunaSearch, RecordingASHA
+from search.searcher import PruningOptunaSearch, RecordingASHA
 from search.space import Choice, Fixed, Space
+from search.study_views import param_importances, study_figures
+from search.summary import Outcome
 from search.tracking import TrialRunLogger, start_parent_run
 from search.trainable import MODEL_FILE, run_trial
 from trainables.config import TrialConfig
@@ -38,20 +44,6 @@ class Options:
     tracking_uri: str
     storage_path: Path
     address: str | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a finished search produced, for the summary the CLI prints."""
-
-    name: str
-    table: pd.DataFrame
-    results_path: Path
-    parent_run_id: str
-    best: pd.Series | None
-    test: dict[str, Any] | None
-    evaluated_on: str
-    model_uri: str | None
 
 
 def prepare_data(space: Space) -> Listing:
@@ -97,28 +89,30 @@ def run_search(space: Space, options: Options) -> Outcome:
     })
     client.log_artifact(parent, str(space.source))
     try:
-        grid, scheduler, logger = _tune(space, listing, options, run_name, parent)
+        grid, scheduler, searcher, logger = _tune(space, listing, options, run_name, parent)
         records = records_from_grid(grid, scheduler.stopped)
         table = results_table(records)
         results_path = options.storage_path.resolve() / run_name / "results.parquet"
         table.to_parquet(results_path, index=False)
+        client.set_tag(parent, "results_path", str(results_path))
         _log_overview(client, parent, table, records, results_path)
+        _log_study(client, parent, searcher.study)
         best = best_trial(table)
-        test, evaluated_on, model_uri = None, "", None
+        accuracy, evaluated_on, model_uri = None, "", None
         if best is not None:
             result = {rec.trial_id: res for rec, res in zip(records, grid)}[best["trial_id"]]
-            test, evaluated_on, model_uri = _evaluate_and_register(
+            accuracy, evaluated_on, model_uri = _evaluate_and_register(
                 space, listing, result, logger.run_ids[best["trial_id"]], parent)
         client.set_terminated(parent, "FINISHED")
     except BaseException:
         client.set_terminated(parent, "FAILED")
         raise
-    return Outcome(space.name, table, results_path, parent, best, test, evaluated_on,
+    return Outcome(space.name, table, str(results_path), parent, best, accuracy, evaluated_on,
                    model_uri)
 
 
 def _tune(space: Space, listing: Listing, options: Options, run_name: str,
-          parent: str) -> tuple[Any, RecordingASHA, TrialRunLogger]:
+          parent: str) -> tuple[Any, RecordingASHA, PruningOptunaSearch, TrialRunLogger]:
     s = space.search
     scheduler = RecordingASHA(max_t=s.asha.max_epochs, grace_period=s.asha.grace_period,
                               reduction_factor=s.asha.reduction_factor)
@@ -131,6 +125,9 @@ def _tune(space: Space, listing: Listing, options: Options, run_name: str,
         tune.with_parameters(run_trial, space=space, listing=listing),
         {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
     _ray_init(options.address)
+    # Tune snapshots its state at every checkpoint because we keep one per trial; on small
+    # data that is every second or two, and it warns each time (the snapshot takes ~10 ms)
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
@@ -138,14 +135,15 @@ def _tune(space: Space, listing: Listing, options: Options, run_name: str,
                                     max_concurrent_trials=s.max_concurrent),
         run_config=tune.RunConfig(
             name=run_name, storage_path=str(options.storage_path.resolve()),
-            callbacks=[logger], verbose=1,
+            # our progress line replaces Tune's status tables
+            callbacks=[logger, ProgressCallback(s.num_samples, scheduler.stopped)], verbose=0,
             # keep each trial's best epoch (the model we keep) and its latest (to resume)
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
-    return tuner.fit(), scheduler, logger
+    return tuner.fit(), scheduler, searcher, logger
 
 
 def _log_overview(client: MlflowClient, parent: str, table: pd.DataFrame, records: list,
@@ -157,7 +155,7 @@ def _log_overview(client: MlflowClient, parent: str, table: pd.DataFrame, record
         client.log_artifact(parent, str(csv))
     histories = {r.trial_id + (f" ({r.config['baseline']})" if r.config.get("baseline") else ""):
                  r.history for r in records}
-    client.log_figure(parent, curves_figure(histories, METRIC), "val_accuracy_curves.png")
+    _log_figure(client, parent, curves_figure(histories, METRIC), "val_accuracy_curves.png")
     counts = table["status"].value_counts()
     for status in ("completed", "stopped", "failed"):
         client.log_metric(parent, f"trials_{status}", float(counts.get(status, 0)))
@@ -165,8 +163,22 @@ def _log_overview(client: MlflowClient, parent: str, table: pd.DataFrame, record
         client.log_metric(parent, "best_val_accuracy", float(table["best_val_accuracy"].max()))
 
 
+def _log_study(client: MlflowClient, parent: str, study: optuna.Study) -> None:
+    """Optuna's importances (as JSON and a chart) and its views, on the parent run."""
+    importances = param_importances(study)
+    if importances:
+        client.log_dict(parent, importances, "optuna_param_importances.json")
+    for name, figure in study_figures(study).items():
+        _log_figure(client, parent, figure, name)
+
+
+def _log_figure(client: MlflowClient, run_id: str, figure: plt.Figure, name: str) -> None:
+    client.log_figure(run_id, figure, name, save_kwargs={"bbox_inches": "tight"})
+    plt.close(figure)  # pyplot keeps every figure alive until closed
+
+
 def _evaluate_and_register(space: Space, listing: Listing, result: Any, run_id: str,
-                           parent: str) -> tuple[dict[str, Any], str, str]:
+                           parent: str) -> tuple[float, str, str]:
     """Evaluate the best trial's best checkpoint on the test split (validation if the space
     has none), log it as an MLflow model on the trial's run and register a new version."""
     config = TrialConfig.from_params(result.config)
@@ -183,9 +195,9 @@ def _evaluate_and_register(space: Space, listing: Listing, result: Any, run_id: 
     for target in (run_id, parent):
         client.log_metric(target, f"{split}_accuracy", test["accuracy"])
         client.log_dict(target, test["report"], f"{split}_classification_report.json")
-        client.log_figure(target, confusion_figure(arrays.labels, predicted, listing.classes,
-                                                   f"{space.name}: {split} split"),
-                          f"{split}_confusion_matrix.png")
+        _log_figure(client, target, confusion_figure(arrays.labels, predicted, listing.classes,
+                                                     f"{space.name}: {split} split"),
+                    f"{split}_confusion_matrix.png")
     for cls in listing.classes:
         client.log_metric(run_id, f"{split}_f1_{cls}", test["report"][cls]["f1-score"])
     with mlflow.start_run(run_id=run_id):
@@ -197,4 +209,4 @@ def _evaluate_and_register(space: Space, listing: Listing, result: Any, run_id: 
                       "trial_config": json.dumps(result.config, default=str)})
     version = info.registered_model_version
     client.set_tag(parent, "registered_model", f"models:/{space.name}/{version}")
-    return test, split, f"models:/{space.name}/{version}"
+    return test["accuracy"], split, f"models:/{space.name}/{version}"

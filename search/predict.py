@@ -8,14 +8,13 @@ metadata, so nothing but the registry is needed. Unreadable files are reported a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from search.cli import add_tracking_uri
 from search.evaluation import class_probabilities, predicted_classes
-from search.tracking import DEFAULT_TRACKING_URI
 from trainables.data import IMAGE_SUFFIXES
 from trainables.images import decode
 
@@ -35,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m search.predict", description=__doc__.splitlines()[0])
     p.add_argument("model", help="models:/NAME/VERSION, models:/NAME/latest or runs:/ID/model")
     p.add_argument("images", nargs="+", help="image files or folders of images")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI",
-                                                            DEFAULT_TRACKING_URI))
+    add_tracking_uri(p)
     args = p.parse_args(argv)
     import mlflow
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from search.searcher import METRIC
+from search.objective import METRIC
 from trainables.config import BASELINE_KEY
 
 

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
+from search.cli import EXIT_BAD_INPUT, add_tracking_uri
 from search.space import Space, SpaceError, load_space
-from search.tracking import DEFAULT_TRACKING_URI
 from trainables.data import DataError
-
-EXIT_BAD_INPUT = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,10 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-epochs", type=int, help="ASHA's max epochs per trial (overrides)")
     p.add_argument("--seed", type=int, help="seed for sampler, data split and Keras (overrides)")
     p.add_argument("--data-root", help="folder holding the space's data (overrides data.root)")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI",
-                                                            DEFAULT_TRACKING_URI),
-                   help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
-                        f"{DEFAULT_TRACKING_URI})")
+    add_tracking_uri(p)
     p.add_argument("--storage-path", default="ray_results",
                    help="where Ray Tune keeps trials, checkpoints and results.parquet")
     p.add_argument("--address", help="Ray cluster address (auto, host:port or ray://...)")

@@ -15,7 +15,7 @@ import optuna
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-METRIC, MODE = "val_accuracy", "max"  # declared once, handed to sampler and scheduler
+from search.objective import METRIC, MODE
 
 
 class RecordingASHA(ASHAScheduler):

@@ -1,8 +1,25 @@
-"""What the CLI prints when a search ends: the best trial, the baselines, where to look."""
+"""What a finished search produced, and the summary printed of it: by `search.run` when the
+search ends, and by `search.report` later, from MLflow."""
 
 from __future__ import annotations
 
-from search.driver import Outcome
+from dataclasses import dataclass
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished search: its table (one row per trial), where things are, the best trial."""
+
+    name: str
+    table: pd.DataFrame
+    results_path: str
+    parent_run_id: str
+    best: pd.Series | None
+    held_out_accuracy: float | None
+    evaluated_on: str  # the split the best model was evaluated on: test, or validation
+    model_uri: str | None
 
 
 def print_summary(outcome: Outcome, tracking_uri: str) -> None:
@@ -16,8 +33,8 @@ def print_summary(outcome: Outcome, tracking_uri: str) -> None:
     else:
         b = outcome.best
         label = f" = baseline {b['baseline']}" if b["baseline"] else ""
-        held_out = (f"; {outcome.evaluated_on} accuracy {outcome.test['accuracy']:.4f}"
-                    if outcome.test else "")
+        held_out = (f"; {outcome.evaluated_on} accuracy {outcome.held_out_accuracy:.4f}"
+                    if outcome.held_out_accuracy is not None else "")
         print(f"best trial {b['trial_id']}{label}: val_accuracy {b['best_val_accuracy']:.4f} "
               f"after {b['epochs_run']} epochs{held_out}")
         baselines = table[table["baseline"] != ""]
@@ -30,4 +47,5 @@ def print_summary(outcome: Outcome, tracking_uri: str) -> None:
           f"{tracking_uri}")
     if outcome.model_uri:
         print(f"registered model: {outcome.model_uri}")
-    print(f"open the UI: mlflow ui --backend-store-uri {tracking_uri}")
+    print("open the UI: " + (tracking_uri if tracking_uri.startswith("http") else
+                             f"mlflow ui --backend-store-uri {tracking_uri}"))

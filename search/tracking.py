@@ -11,14 +11,15 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from trainables.train import METRICS
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-
 
 def start_parent_run(client: MlflowClient, experiment: str, run_name: str,
                      params: dict[str, Any]) -> str:
     """Create (if needed) the space's experiment and open the search's parent run."""
     found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    # the kind tag makes the MLflow UI open the experiment on its runs table, not its
+    # "what kind of experiment is this?" prompt
+    experiment_id = found.experiment_id if found else client.create_experiment(
+        experiment, tags={"mlflow.experimentKind": "custom_model_development"})
     run = client.create_run(experiment_id, run_name=run_name, tags={"kind": "search"})
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value)

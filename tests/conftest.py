@@ -1,8 +1,12 @@
-"""Shared fixtures: small image folders written with Pillow, a tiny space, one local Ray."""
+"""Shared fixtures: small image folders written with Pillow, a tiny space, one local Ray, and
+one finished search for the tests that read a search's results."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,15 +89,17 @@ def image_tree(tmp_path: Path) -> Path:
     return root
 
 
+def write_tiny_space(folder: Path, num_samples: int = 4) -> Path:
+    """The tiny space's file and its data (16 images per class) under `folder`."""
+    root = write_class_folders(folder / "data", 16)
+    path = folder / "tiny.yaml"
+    path.write_text(TINY_SPACE.format(root=root, cache=folder / "cache", num_samples=num_samples))
+    return path
+
+
 @pytest.fixture
 def tiny_space_file(tmp_path: Path) -> callable:
-    def write(num_samples: int = 4) -> Path:
-        root = write_class_folders(tmp_path / "data", 16)
-        path = tmp_path / "tiny.yaml"
-        path.write_text(TINY_SPACE.format(root=root, cache=tmp_path / "cache",
-                                          num_samples=num_samples))
-        return path
-    return write
+    return lambda num_samples=4: write_tiny_space(tmp_path, num_samples)
 
 
 @pytest.fixture(scope="session")
@@ -103,3 +109,27 @@ def ray_local():
              runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
     yield ray
     ray.shutdown()
+
+
+@dataclass(frozen=True)
+class FinishedSearch:
+    space: Path
+    tracking_uri: str
+    storage: Path
+    out: str  # what `search.run` printed
+    exit_code: int
+
+
+@pytest.fixture(scope="session")
+def finished_search(ray_local, tmp_path_factory) -> FinishedSearch:
+    """One real 5-trial search of the tiny space, shared by the tests that read its results."""
+    from search.run import main
+
+    folder = tmp_path_factory.mktemp("search")
+    space = write_tiny_space(folder, num_samples=5)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    out = io.StringIO()
+    # MLflow puts a SQLite store's artifacts under ./mlruns: keep them in the test's folder
+    with contextlib.chdir(folder), contextlib.redirect_stdout(out):
+        code = main([str(space), "--tracking-uri", uri, "--storage-path", str(folder / "ray")])
+    return FinishedSearch(space, uri, folder / "ray", out.getvalue(), code)

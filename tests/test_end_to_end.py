@@ -1,4 +1,5 @@
-"""A real search on tiny generated images: Ray Tune, Optuna, ASHA, TensorFlow and MLflow."""
+"""A real search on tiny generated images: Ray Tune, Optuna, ASHA, TensorFlow and MLflow, then
+what a user does after it (the report, classifying new photos)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,15 @@ from conftest import write_class_folders
 from mlflow.tracking import MlflowClient
 
 from search.predict import main as predict
-from search.run import main
+from search.report import main as report
 
 
-def test_search_end_to_end(ray_local, tiny_space_file, tmp_path: Path, capsys) -> None:
-    space = tiny_space_file(num_samples=5)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = main([str(space), "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray")])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert "registered model: models:/tiny/1" in out
+def test_search_records_every_trial_and_registers_the_best(finished_search) -> None:
+    assert finished_search.exit_code == 0, finished_search.out
+    assert "registered model: models:/tiny/1" in finished_search.out
+    assert "5/5 trials done" in finished_search.out  # the progress line
 
-    client = MlflowClient(uri)
+    client = MlflowClient(finished_search.tracking_uri)
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("kind") == "search"]
@@ -49,25 +47,45 @@ def test_search_end_to_end(ray_local, tiny_space_file, tmp_path: Path, capsys) -
     assert 0.0 <= best.data.metrics["test_accuracy"] <= 1.0
     artifacts = {a.path for a in client.list_artifacts(best.info.run_id)}
     assert {"test_confusion_matrix.png", "test_classification_report.json"} <= artifacts
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(finished_search.tracking_uri)
     model = mlflow.tensorflow.load_model("models:/tiny/1")
     assert model.output_shape == (None, 3)
 
-    # the parent carries the overview; the table is also in Ray's storage
+    # the parent carries the overview and Optuna's views; the table is also in Ray's storage
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"results.parquet", "results.csv", "val_accuracy_curves.png"} <= parent_artifacts
-    tables = list((tmp_path / "ray").glob("*/results.parquet"))
+    assert {"results.parquet", "results.csv", "val_accuracy_curves.png",
+            "optuna_intermediate_values.png", "optuna_optimization_history.png"} \
+        <= parent_artifacts
+    tables = list(finished_search.storage.glob("*/results.parquet"))
     assert len(tables) == 1
     table = pd.read_parquet(tables[0])
     assert len(table) == 5 and set(table["status"]) <= {"completed", "stopped", "failed"}
     assert table.loc[table["baseline"] == "diverges", "status"].item() == "failed"
     assert {"epochs_run", "best_val_accuracy", "wall_s", "learning_rate"} <= set(table.columns)
 
-    # the registry alone is enough to classify new photos; unreadable ones are skipped
+
+def test_report_reads_the_search_back_from_mlflow(finished_search, capsys) -> None:
+    uri = finished_search.tracking_uri
+    assert report([str(finished_search.space), "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "search tiny: 5 trials" in out
+    assert "baseline small" in out and "baseline diverges" in out
+    assert "registered model: models:/tiny/1" in out
+    assert "results.parquet" in out and "test_confusion_matrix.png" in out
+    assert "the model: models:/tiny/1 -> models:/m-" in out
+    # the experiment's name works as well as the space file; a wrong name is a clear error
+    assert report(["tiny", "--tracking-uri", uri]) == 0
+    capsys.readouterr()
+    assert report(["nope", "--tracking-uri", uri]) == 2
+    assert "no experiment named 'nope'" in capsys.readouterr().err
+
+
+def test_registered_model_classifies_new_photos(finished_search, tmp_path: Path,
+                                                capsys) -> None:
     photos = tmp_path / "photos"
     write_class_folders(photos, 2, seed=9)
     (photos / "circle" / "broken.jpg").write_bytes(b"not an image")
-    capsys.readouterr()
+    uri = finished_search.tracking_uri
     assert predict(["models:/tiny/latest", str(photos), "--tracking-uri", uri]) == 1
     captured = capsys.readouterr()
     lines = [ln.split("\t") for ln in captured.out.splitlines()]

@@ -9,7 +9,8 @@ from pathlib import Path
 import optuna
 from ray import cloudpickle, tune
 
-from search.searcher import METRIC, PruningOptunaSearch, RecordingASHA
+from search.objective import METRIC
+from search.searcher import PruningOptunaSearch, RecordingASHA
 
 EPOCHS = 6
 # Ray workers cannot import a test module: ship its functions by value.

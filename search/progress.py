@@ -1,0 +1,98 @@
+"""The line a running search prints: trials done, running, stopped early and failed, the best
+so far, the time spent and an estimate of the rest.
+
+`Progress` is the bookkeeping, testable without Ray; `ProgressCallback` feeds it from Ray
+Tune's callback hooks in the driver and prints it when a trial ends, and every half minute.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray.tune import Callback
+
+from search.objective import METRIC
+
+
+def _clock(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    h, m = divmod(minutes, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+@dataclass
+class Progress:
+    """What a search has done so far, out of `total` trials."""
+
+    total: int
+    started: float
+    running: set[str] = field(default_factory=set)
+    completed: int = 0
+    stopped: int = 0
+    failed: int = 0
+    best: tuple[float, str] | None = None  # (val_accuracy, trial id)
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.stopped + self.failed
+
+    def start(self, trial_id: str) -> None:
+        self.running.add(trial_id)
+
+    def result(self, trial_id: str, value: float) -> None:
+        if self.best is None or value > self.best[0]:
+            self.best = (value, trial_id)
+
+    def end(self, trial_id: str, how: str) -> None:
+        """`how` is completed, stopped (early, by ASHA) or failed."""
+        self.running.discard(trial_id)
+        setattr(self, how, getattr(self, how) + 1)
+
+    def line(self, now: float) -> str:
+        elapsed = now - self.started
+        left = self.total - self.done
+        # wall time per finished trial so far (concurrency included) times the trials left
+        eta = f"~{_clock(elapsed / self.done * left)} left" if self.done and left else \
+            "estimating time left" if left else "done"
+        best = f"best {METRIC} {self.best[0]:.4f} ({self.best[1]})" if self.best else \
+            f"no {METRIC} yet"
+        return (f"[{_clock(elapsed)}] {self.done}/{self.total} trials done "
+                f"({self.completed} completed, {self.stopped} stopped early, "
+                f"{self.failed} failed), {len(self.running)} running; {best}; {eta}")
+
+
+class ProgressCallback(Callback):
+    """Prints `Progress.line()` when a trial ends and at least every `every_s` seconds."""
+
+    def __init__(self, total: int, stopped: set[str], every_s: float = 30.0):
+        self.progress = Progress(total, time.monotonic())
+        self.stopped = stopped  # trial ids the scheduler stopped early (filled by it)
+        self.every_s = every_s  # (no stream kept: Tune pickles its callbacks)
+        self._printed = time.monotonic()
+
+    def _print(self) -> None:
+        self._printed = time.monotonic()
+        print(self.progress.line(self._printed), flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.progress.start(trial.trial_id)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        if METRIC in result:
+            self.progress.result(trial.trial_id, result[METRIC])
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.progress.end(trial.trial_id,
+                          "stopped" if trial.trial_id in self.stopped else "completed")
+        self._print()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.progress.end(trial.trial_id, "failed")
+        self._print()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self._printed >= self.every_s:
+            self._print()

@@ -1,0 +1,58 @@
+"""The progress line and Optuna's views, from hand-made progress and a real Optuna study."""
+
+from __future__ import annotations
+
+import optuna
+
+from search.progress import Progress
+from search.study_views import param_importances, study_figures
+
+
+def test_progress_line_counts_trials_and_estimates_the_rest() -> None:
+    p = Progress(total=8, started=100.0)
+    for t in ("a", "b"):
+        p.start(t)
+    assert "0/8 trials done" in p.line(110.0) and "estimating time left" in p.line(110.0)
+    p.result("a", 0.5)
+    p.result("b", 0.75)
+    p.result("a", 0.6)
+    p.end("a", "stopped")
+    p.end("b", "completed")
+    line = p.line(160.0)  # 60 s for 2 trials: 6 left take ~3 minutes
+    assert line.startswith("[1:00] 2/8 trials done (1 completed, 1 stopped early, 0 failed)")
+    assert "0 running" in line and "best val_accuracy 0.7500 (b)" in line
+    assert "~3:00 left" in line
+    for t in "cdefgh":
+        p.end(t, "failed")
+    assert p.line(3700.0).startswith("[1:00:00] 8/8 trials done") and p.line(0).endswith("done")
+
+
+def _study(n_trials: int) -> optuna.Study:
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("learning_rate", 1e-4, 1e-1, log=True)
+        optimizer = trial.suggest_categorical("optimizer", ["adam", "sgd"])
+        for epoch in (1, 2):
+            trial.report(lr * epoch, epoch)
+        if trial.number % 3 == 2:
+            raise optuna.TrialPruned()
+        return lr + (optimizer == "adam")
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=n_trials)
+    return study
+
+
+def test_study_views_draw_what_the_trials_allow() -> None:
+    study = _study(9)
+    importances = param_importances(study)
+    assert set(importances) == {"learning_rate", "optimizer"}
+    assert set(study_figures(study)) == {
+        "optuna_intermediate_values.png", "optuna_optimization_history.png",
+        "optuna_slice.png", "optuna_param_importances.png"}
+    # one trial: nothing to compare, so no importances; no trials: no views at all
+    assert param_importances(_study(1)) == {}
+    assert "optuna_param_importances.png" not in study_figures(_study(1))
+    assert study_figures(optuna.create_study()) == {}
