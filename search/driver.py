@@ -26,7 +26,7 @@ from search.objective import METRIC, MODE
 from search.progress import ProgressCallback
 from search.results import best_trial, records_from_grid, results_table
 from search.sampling import DefineByRun
-from search.searcher import PruningOptunaSearch, RecordingASHA
+from search.searcher import EpochBudget, PruningOptunaSearch, RecordingASHA
 from search.space import Choice, Fixed, Space
 from search.study_views import param_importances, study_figures
 from search.summary import Outcome
@@ -44,6 +44,7 @@ class Options:
     tracking_uri: str
     storage_path: Path
     address: str | None = None
+    epoch_budget: int | None = None  # end the search after this many epochs in all
 
 
 def prepare_data(space: Space) -> Listing:
@@ -132,9 +133,13 @@ def _tune(space: Space, listing: Listing, options: Options, run_name: str,
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=s.num_samples,
-                                    max_concurrent_trials=s.max_concurrent),
+                                    max_concurrent_trials=s.max_concurrent,
+                                    # one worker process runs trial after trial: Python,
+                                    # TensorFlow and the data are loaded once per worker
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=run_name, storage_path=str(options.storage_path.resolve()),
+            stop=EpochBudget(options.epoch_budget) if options.epoch_budget else None,
             # our progress line replaces Tune's status tables
             callbacks=[logger, ProgressCallback(s.num_samples, scheduler.stopped)], verbose=0,
             # keep each trial's best epoch (the model we keep) and its latest (to resume)

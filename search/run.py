@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_tracking_uri(p)
     p.add_argument("--storage-path", default="ray_results",
                    help="where Ray Tune keeps trials, checkpoints and results.parquet")
+    p.add_argument("--epoch-budget", type=int,
+                   help="end the search once its trials have trained this many epochs in all")
     p.add_argument("--address", help="Ray cluster address (auto, host:port or ray://...)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, report the data and baseline models, train nothing")
@@ -63,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from search.driver import Options, run_search
         from search.summary import print_summary
+        if args.epoch_budget is not None and args.epoch_budget < 1:
+            raise SpaceError(f"--epoch-budget must be >= 1, got {args.epoch_budget}")
         outcome = run_search(space, Options(args.tracking_uri, Path(args.storage_path),
-                                            args.address))
+                                            args.address, args.epoch_budget))
         print_summary(outcome, args.tracking_uri)
         return 0
     except (SpaceError, DataError) as exc:

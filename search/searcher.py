@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.stopper import Stopper
 
 from search.objective import METRIC, MODE
 
@@ -32,6 +33,22 @@ class RecordingASHA(ASHAScheduler):
         if decision == TrialScheduler.STOP and result[self._time_attr] < planned:
             self.stopped.add(trial.trial_id)
         return decision
+
+
+class EpochBudget(Stopper):
+    """Ends the whole search once its trials have trained `epochs` epochs in all (each
+    report is one epoch), so searches can be compared, or run, at a fixed compute budget."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+        self.spent = 0
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.spent += 1
+        return False
+
+    def stop_all(self) -> bool:
+        return self.spent >= self.epochs
 
 
 class PruningOptunaSearch(OptunaSearch):

@@ -38,7 +38,8 @@ def study_figures(study: optuna.Study) -> dict[str, Figure]:
         plots["optuna_param_importances.png"] = views.plot_param_importances
     figures = {}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # Optuna's "experimental" and the like
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)  # "identical low and high xlims" etc.
         for name, plot in plots.items():
             axes = plot(study)
             first = axes.flat[0] if hasattr(axes, "flat") else axes  # slice: one per param

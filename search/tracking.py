@@ -36,6 +36,7 @@ class TrialRunLogger(MLflowLoggerCallback):
                          tags={"mlflow.parentRunId": parent_run_id, "kind": "trial"})
         self.stopped = stopped
         self.run_ids: dict[str, str] = {}  # trial id -> MLflow run id
+        self._ended: set[str] = set()
 
     def log_trial_start(self, trial: Any) -> None:
         super().log_trial_start(trial)
@@ -55,6 +56,14 @@ class TrialRunLogger(MLflowLoggerCallback):
         if failed and trial.error_file:
             client.set_tag(run_id, "error", _last_line(trial.error_file))
         super().log_trial_end(trial, failed)
+        self._ended.add(run_id)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Trials the search ended before they did (an epoch budget spent) are KILLED, not
+        left RUNNING forever."""
+        for run_id in set(self.run_ids.values()) - self._ended:
+            MlflowClient().set_terminated(run_id, "KILLED")
+        super().on_experiment_end(trials, **info)
 
 
 def _last_line(path: str) -> str:

@@ -9,7 +9,9 @@ the `ray.train` reporting functions raise inside Tune.
 from __future__ import annotations
 
 import json
+import resource
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,12 @@ def load_trial_data(space: Space, listing: Listing, config: TrialConfig) -> Tria
 
 
 def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None:
-    """Ray Tune function trainable: train one trial, reporting and checkpointing every epoch."""
+    """Ray Tune function trainable: train one trial, reporting and checkpointing every epoch.
+
+    Besides the epoch's metrics each report carries what the benchmarks account with:
+    `started_at` (wall clock when this function began), `checkpoint_s` (saving the model)
+    and `peak_rss_mb` (of this worker process, which may have run trials before)."""
+    started_at = time.time()
     configure_tensorflow(space.search.resources.cpu, space.search.resources.gpu)
     keras.backend.clear_session()  # a reused worker must not carry the last trial's graph
     config = TrialConfig.from_params(params)
@@ -53,9 +60,14 @@ def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None
 
     def report(metrics: dict[str, float], trained: keras.Model) -> None:
         with tempfile.TemporaryDirectory() as folder:
+            saving = time.perf_counter()
             trained.save(Path(folder) / MODEL_FILE)
             (Path(folder) / STATE_FILE).write_text(json.dumps({"epoch": metrics["epoch"]}))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            timings = {"started_at": started_at,
+                       "checkpoint_s": time.perf_counter() - saving,
+                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            tune.report({**metrics, **timings},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
 
     train(config, load_trial_data(space, listing, config), report,
           epochs=trial_epochs(space, config), model=model, initial_epoch=initial_epoch)

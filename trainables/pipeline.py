@@ -1,8 +1,8 @@
 """tf.data input pipelines over decoded arrays: shuffle, gather, augment, batch, prefetch.
 
 Batches are gathered by index from the (memory-mapped) decoded arrays, so no image is decoded
-twice and nothing is copied into the graph. Augmentation is Keras preprocessing layers applied
-to whole batches of the training split only, in the pipeline, not in the model.
+twice and nothing is copied into the graph. Augmentation (one Keras layer, `RandomAffine`) is
+applied to whole batches of the training split only, in the pipeline, not in the model.
 """
 
 from __future__ import annotations
@@ -11,34 +11,23 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainables.augment import RandomAffine
 from trainables.config import TrialConfig
 
 
-def augmentation(config: TrialConfig) -> keras.Sequential | None:
-    """The report-style augmentation (ImageDataGenerator's options) as Keras layers, or None."""
-    if not config.augment:
+def augmentation(config: TrialConfig) -> RandomAffine | None:
+    """The report-style augmentation (ImageDataGenerator's options) as one Keras layer, or
+    None when the trial does not augment or every option is off."""
+    if not config.augment or not (config.rotation or config.width_shift or config.height_shift
+                                  or config.shear or config.zoom or config.horizontal_flip):
         return None
-    seed, fill = config.seed, config.fill_mode
-    layers: list[keras.layers.Layer] = []
-    if config.rotation:
-        layers.append(keras.layers.RandomRotation(config.rotation / 360.0, fill_mode=fill,
-                                                  seed=seed))
-    if config.width_shift or config.height_shift:
-        layers.append(keras.layers.RandomTranslation(config.height_shift, config.width_shift,
-                                                     fill_mode=fill, seed=seed))
-    if config.shear:
-        layers.append(keras.layers.RandomShear(config.shear, config.shear, fill_mode=fill,
-                                               seed=seed))
-    if config.zoom:
-        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode=fill, seed=seed))
-    if config.horizontal_flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    return keras.Sequential(layers, name="augmentation") if layers else None
+    return RandomAffine(config.rotation, config.width_shift, config.height_shift, config.shear,
+                        config.zoom, config.horizontal_flip, config.fill_mode, seed=config.seed)
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *,
                  training: bool, seed: int, steps: int | None = None,
-                 augment: keras.Sequential | None = None, binary: bool = False) -> tf.data.Dataset:
+                 augment: keras.layers.Layer | None = None, binary: bool = False) -> tf.data.Dataset:
     """Batches of (float32 pixels in 0..255, labels) for `model.fit` / `evaluate`.
 
     Training data is reshuffled every epoch and, with `steps` (steps per epoch), repeated so

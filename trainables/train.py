@@ -5,6 +5,7 @@ is given after every epoch, with the epoch's metrics and the model (to checkpoin
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,15 +32,31 @@ class TrialData:
 
 
 class _ReportEachEpoch(keras.callbacks.Callback):
+    """Reports each epoch's metrics, with `step_s`: the seconds spent inside training and
+    validation steps that epoch (the work a search exists to do; the benchmarks compare
+    everything else against it)."""
+
     def __init__(self, report: Report):
         super().__init__()
         self.report = report
+        self._step_s = 0.0
+        self._began = 0.0
+
+    def _begin(self, batch: int, logs: dict | None = None) -> None:
+        self._began = time.perf_counter()
+
+    def _end(self, batch: int, logs: dict | None = None) -> None:
+        self._step_s += time.perf_counter() - self._began
+
+    on_train_batch_begin = on_test_batch_begin = _begin
+    on_train_batch_end = on_test_batch_end = _end
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         metrics = {name: float((logs or {})[name]) for name in METRICS}
         if not all(math.isfinite(v) for v in metrics.values()):
             raise TrialFailed(f"metrics not finite at epoch {epoch + 1}: {metrics}")
-        self.report({**metrics, "epoch": epoch + 1}, self.model)
+        step_s, self._step_s = self._step_s, 0.0
+        self.report({**metrics, "epoch": epoch + 1, "step_s": step_s}, self.model)
 
 
 def train(config: TrialConfig, data: TrialData, report: Report, *, epochs: int,

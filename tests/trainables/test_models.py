@@ -87,7 +87,9 @@ def test_train_reports_every_epoch(head: str) -> None:
     reports = []
     train(config, tiny_data(), lambda m, model: reports.append(m), epochs=3)
     assert [r["epoch"] for r in reports] == [1, 2, 3]
-    assert set(reports[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"}
+    assert set(reports[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy",
+                               "step_s"}
+    assert all(r["step_s"] > 0 for r in reports)
 
 
 def test_diverging_loss_fails_the_trial() -> None:

@@ -1,0 +1,89 @@
+"""Search efficiency at equal compute (epochs trained in all): this search (TPE + ASHA)
+against random search without early stopping, KerasTuner Hyperband on the same model space,
+and the space's baselines alone."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmarks.hyperband import run_hyperband
+from benchmarks.trials import curve, read_trials
+from search.driver import Options, prepare_data, run_search
+from search.space import Space
+
+METHODS = ("tpe_asha", "random", "hyperband", "baselines")
+
+
+def _variant(space: Space, method: str, seed: int) -> Space:
+    s = space.search
+    no_stops = dataclasses.replace(s.asha, grace_period=s.asha.max_epochs)  # ASHA never stops
+    search = {
+        "tpe_asha": dataclasses.replace(s, num_samples=1000),  # the epoch budget ends it
+        "random": dataclasses.replace(s, num_samples=1000, sampler="random", asha=no_stops),
+        "baselines": dataclasses.replace(s, num_samples=len(space.baselines), asha=no_stops),
+    }[method]
+    baselines = {n: b.replace(seed=seed) for n, b in space.baselines.items()}
+    return dataclasses.replace(space, search=search, seed=seed, baselines=baselines)
+
+
+def run_method(space: Space, method: str, seed: int, budget: int,
+               folder: Path) -> dict[str, Any]:
+    """One method on one space and seed: its curve (best val_accuracy against epochs), the
+    best val and test accuracy within `budget` epochs, and its wall time."""
+    started = time.perf_counter()
+    if method == "hyperband":
+        seeded = dataclasses.replace(space, seed=seed)
+        out = run_hyperband(seeded, prepare_data(seeded), folder / "kt")
+        epochs, best = [], []
+        spent, top = 0, 0.0
+        for n, score in out["curve"]:
+            spent, top = spent + n, max(top, score)
+            epochs.append(spent)
+            best.append(top)
+        points = pd.DataFrame({"epochs": epochs, "best": best})
+        test = out["test_accuracy"]
+    else:
+        variant = _variant(space, method, seed)
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        outcome = run_search(variant, Options(uri, folder / "ray", epoch_budget=budget))
+        points = curve(read_trials(outcome.results_path, uri, outcome.parent_run_id).epochs)
+        test = outcome.held_out_accuracy
+    within = points[points["epochs"] <= budget]
+    return {"method": method, "seed": seed, "epochs": int(points["epochs"].max()),
+            "best_val_accuracy": float(within["best"].max()) if len(within) else float("nan"),
+            "test_accuracy": test, "wall_s": time.perf_counter() - started,
+            "curve": points}
+
+
+def compute_to_match(ours: pd.DataFrame, target: float, budget: int) -> float:
+    """Epochs `ours` needed to reach `target`, as a fraction of `budget` (inf: never)."""
+    reached = ours[ours["best"] >= target - 1e-9]
+    return float(reached["epochs"].iloc[0] / budget) if len(reached) else float("inf")
+
+
+def run(spaces: list[Space], seeds: list[int], budget: int) -> tuple[pd.DataFrame, list]:
+    """Every method on every space and seed. Returns the runs table and the curves."""
+    rows, curves = [], []
+    for space in spaces:
+        for seed in seeds:
+            results = {}
+            for method in METHODS:
+                with tempfile.TemporaryDirectory() as folder:
+                    result = run_method(space, method, seed, budget, Path(folder))
+                results[method] = result
+                curves.append((space.name, seed, method, result.pop("curve")))
+                rows.append({"space": space.name, **result})
+                print(f"  {space.name} seed {seed} {method}: best val "
+                      f"{result['best_val_accuracy']:.4f}, test {result['test_accuracy']:.4f}, "
+                      f"{result['epochs']} epochs, {result['wall_s']:.0f} s", flush=True)
+            ours = next(c for s, sd, m, c in curves
+                        if (s, sd, m) == (space.name, seed, "tpe_asha"))
+            rows[-len(METHODS)]["compute_to_match_random"] = compute_to_match(
+                ours, results["random"]["best_val_accuracy"], results["random"]["epochs"])
+    return pd.DataFrame(rows), curves

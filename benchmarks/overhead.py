@@ -1,0 +1,35 @@
+"""Where a search's core time goes, on the default space with a fixed seed: inside training
+and evaluation steps, or elsewhere; how busy the trial slots are; and each worker's memory
+trial after trial."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.trials import core_time, peak_rss_by_worker, read_trials, slot_busy
+from search.driver import Options, run_search
+from search.space import Space
+
+
+def run(space: Space) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as folder:
+        uri = f"sqlite:///{Path(folder) / 'mlflow.db'}"
+        started = time.perf_counter()
+        outcome = run_search(space, Options(uri, Path(folder) / "ray"))
+        wall = time.perf_counter() - started
+        trials = read_trials(outcome.results_path, uri, outcome.parent_run_id)
+    cpus = float(os.cpu_count() or 1)
+    parts = core_time(trials, wall, cpus, space.search.resources.cpu)
+    cache = space.data.cache_dir or Path(os.environ.get(
+        "KERAS_SEARCH_CACHE", Path.home() / ".cache" / "keras-search"))
+    return {
+        "wall_s": wall, "cpus": cpus, "trials": len(outcome.table), "parts": parts,
+        "overhead_share": parts["training and evaluation steps"] / (wall * cpus),
+        "slot_busy": slot_busy(trials, space.search.max_concurrent),
+        "rss": peak_rss_by_worker(trials.epochs),
+        "cache_files": sorted(p.name for p in Path(cache).glob("*.npy")),
+    }

@@ -1,0 +1,87 @@
+"""`python -m benchmarks.run [--quick]`: the three benchmarks, a table of each, and three
+lines for scripts at the end (`overhead_share=`, `pipeline_speedup=`,
+`compute_to_match_random=`). `--quick` (under 20 minutes on 2 cores): 2 seeds and a smaller
+pipeline set; the full run: 5 seeds."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks import efficiency, overhead, pipeline
+from benchmarks.shapes import write_shapes
+from search.space import load_space
+
+HERE = Path(__file__).parent
+
+
+def machine() -> str:
+    import optuna
+    import ray
+    import tensorflow as tf
+
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
+            f"TensorFlow {tf.__version__}, Ray {ray.__version__}, Optuna {optuna.__version__}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
+    pd.set_option("display.width", 140)
+    print(f"machine: {machine()}\n")
+
+    digits = load_space(Path("spaces/digits.yaml"))
+    print("1. overhead: the default search (spaces/digits.yaml, seed 0)")
+    o = overhead.run(digits)
+    core = o["wall_s"] * o["cpus"]
+    print(f"wall {o['wall_s']:.1f} s x {o['cpus']:.0f} CPUs = {core:.0f} core-s, "
+          f"{o['trials']} trials")
+    for part, seconds in o["parts"].items():
+        print(f"  {seconds:7.1f} core-s {seconds / core:6.1%}  {part}")
+    print(f"trial slots busy: {o['slot_busy']:.1%} of the time from first trial start to "
+          f"last trial end")
+    print("peak RSS per worker process, trial after trial (MB):")
+    for pid, group in o["rss"].groupby("pid"):
+        print(f"  pid {pid}: " + ", ".join(f"{v:.0f}" for v in group["peak_rss_mb"]))
+    print(f"decoded data set copies in the cache: {len(o['cache_files'])} "
+          f"(one per split and image size)")
+
+    print("\n2. input pipeline: JPEGs, 150 px -> 64 px, augmented, batches of 32")
+    with tempfile.TemporaryDirectory() as folder:
+        pl = pipeline.run(Path(folder), per_class=500 if args.quick else 1500,
+                          epochs=3 if args.quick else 5)
+    print(f"{pl['images']} images x {pl['epochs']} epochs: ours "
+          f"{pl['ours_images_per_s']:.0f} images/s (first decode included), "
+          f"ImageDataGenerator {pl['image_data_generator_images_per_s']:.0f} images/s, "
+          f"speedup {pl['speedup']:.1f}x")
+
+    print(f"\n3. search efficiency, seeds {seeds}, budget 48 epochs per search")
+    shapes = load_space(HERE / "shapes.yaml")
+    write_shapes(shapes.data.root)
+    table, _curves = efficiency.run([digits, shapes], seeds, budget=48)
+    summary = table.groupby(["space", "method"]).agg(
+        best_val_median=("best_val_accuracy", "median"),
+        best_val_min=("best_val_accuracy", "min"), best_val_max=("best_val_accuracy", "max"),
+        test_median=("test_accuracy", "median"), test_min=("test_accuracy", "min"),
+        test_max=("test_accuracy", "max"), epochs=("epochs", "median"),
+        wall_s=("wall_s", "median"))
+    print(summary.round(4).to_string())
+    match = table["compute_to_match_random"].dropna()
+    print("epochs TPE+ASHA took to reach random search's best, as a share of random's: "
+          + ", ".join(f"{v:.2f}" for v in match))
+
+    print(f"\noverhead_share={o['overhead_share']:.3f}")
+    print(f"pipeline_speedup={pl['speedup']:.2f}")
+    print(f"compute_to_match_random={match.median():.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
