@@ -98,12 +98,15 @@ def run_search(space: Space, options: Options) -> Outcome:
         client.set_tag(parent, "results_path", str(results_path))
         _log_overview(client, parent, table, records, results_path)
         _log_study(client, parent, searcher.study)
-        best = best_trial(table)
+        results = {rec.trial_id: res for rec, res in zip(records, grid)}
+        # a trial cut short by the epoch budget may have no checkpoint to evaluate
+        best = best_trial(table[[_checkpoint(results[t]) is not None
+                                 for t in table["trial_id"]]] if len(table) else table)
         accuracy, evaluated_on, model_uri = None, "", None
         if best is not None:
-            result = {rec.trial_id: res for rec, res in zip(records, grid)}[best["trial_id"]]
             accuracy, evaluated_on, model_uri = _evaluate_and_register(
-                space, listing, result, logger.run_ids[best["trial_id"]], parent)
+                space, listing, results[best["trial_id"]], logger.run_ids[best["trial_id"]],
+                parent)
         client.set_terminated(parent, "FINISHED")
     except BaseException:
         client.set_terminated(parent, "FAILED")
@@ -168,6 +171,12 @@ def _log_overview(client: MlflowClient, parent: str, table: pd.DataFrame, record
         client.log_metric(parent, "best_val_accuracy", float(table["best_val_accuracy"].max()))
 
 
+def _checkpoint(result: Any) -> tune.Checkpoint | None:
+    """The trial's best-`val_accuracy` checkpoint, else its latest, else None."""
+    best = result.get_best_checkpoint(METRIC, MODE) if result.best_checkpoints else None
+    return best or result.checkpoint
+
+
 def _log_study(client: MlflowClient, parent: str, study: optuna.Study) -> None:
     """Optuna's importances (as JSON and a chart) and its views, on the parent run."""
     importances = param_importances(study)
@@ -187,8 +196,7 @@ def _evaluate_and_register(space: Space, listing: Listing, result: Any, run_id: 
     """Evaluate the best trial's best checkpoint on the test split (validation if the space
     has none), log it as an MLflow model on the trial's run and register a new version."""
     config = TrialConfig.from_params(result.config)
-    checkpoint = result.get_best_checkpoint(METRIC, MODE) or result.checkpoint
-    with checkpoint.as_directory() as folder:
+    with _checkpoint(result).as_directory() as folder:
         model = keras.models.load_model(Path(folder) / MODEL_FILE)
     split = "test" if "test" in listing.splits else "validation"
     arrays = load_arrays(listing.splits[split], config.image_size, space.data.color_mode,
