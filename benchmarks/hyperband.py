@@ -21,7 +21,8 @@ from trainables.config import TrialConfig
 from trainables.data import Listing
 from trainables.images import load_arrays
 from trainables.models import build_model, compile_model
-from trainables.pipeline import augmentation, make_dataset
+from trainables.pipeline import make_dataset
+from trainables.train import trial_datasets
 
 
 class HyperParametersTrial:
@@ -70,14 +71,9 @@ class SpaceHyperModel(kt.HyperModel):
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any,
             **kwargs: Any) -> keras.callbacks.History:
         config = self.config(hp)
-        data = load_trial_data(self.space, self.listing, config)
-        binary = config.head == "sigmoid"
-        train = make_dataset(data.train.images, data.train.labels, config.batch_size,
-                             training=True, seed=config.seed, augment=augmentation(config),
-                             binary=binary)
-        val = make_dataset(data.validation.images, data.validation.labels, config.batch_size,
-                           training=False, seed=config.seed, binary=binary)
-        return model.fit(train, validation_data=val, verbose=0, shuffle=False, **kwargs)
+        train, val = trial_datasets(config, load_trial_data(self.space, self.listing, config))
+        return model.fit(train, validation_data=val, steps_per_epoch=config.steps_per_epoch,
+                         verbose=0, shuffle=False, **kwargs)
 
 
 def run_hyperband(space: Space, listing: Listing, folder: Path) -> dict[str, Any]:

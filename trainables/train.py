@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
+import tensorflow as tf
 
 from trainables.config import TrialConfig
 from trainables.images import Arrays
@@ -59,6 +60,20 @@ class _ReportEachEpoch(keras.callbacks.Callback):
         self.report({**metrics, "epoch": epoch + 1, "step_s": step_s}, self.model)
 
 
+def trial_datasets(config: TrialConfig, data: TrialData) -> tuple[tf.data.Dataset,
+                                                                   tf.data.Dataset]:
+    """The trial's training (shuffled, augmented, `steps_per_epoch`) and validation
+    pipelines."""
+    binary = config.head == "sigmoid"
+    train_ds = make_dataset(data.train.images, data.train.labels, config.batch_size,
+                            training=True, seed=config.seed, steps=config.steps_per_epoch,
+                            augment=augmentation(config), binary=binary)
+    val_ds = make_dataset(data.validation.images, data.validation.labels, config.batch_size,
+                          training=False, seed=config.seed, steps=config.validation_steps,
+                          binary=binary)
+    return train_ds, val_ds
+
+
 def train(config: TrialConfig, data: TrialData, report: Report, *, epochs: int,
           model: keras.Model | None = None, initial_epoch: int = 0) -> keras.Model:
     """Train for `epochs` epochs in all (so a model resumed at `initial_epoch` trains the rest).
@@ -66,16 +81,10 @@ def train(config: TrialConfig, data: TrialData, report: Report, *, epochs: int,
     Pass `model` to continue a checkpointed model; otherwise a new one is built and compiled.
     """
     keras.utils.set_random_seed(config.seed)
-    binary = config.head == "sigmoid"
     if model is None:
         model = build_model(config, data.n_classes, data.train.images.shape[-1])
         compile_model(model, config)
-    train_ds = make_dataset(data.train.images, data.train.labels, config.batch_size,
-                            training=True, seed=config.seed, steps=config.steps_per_epoch,
-                            augment=augmentation(config), binary=binary)
-    val_ds = make_dataset(data.validation.images, data.validation.labels, config.batch_size,
-                          training=False, seed=config.seed, steps=config.validation_steps,
-                          binary=binary)
+    train_ds, val_ds = trial_datasets(config, data)
     callbacks: list[keras.callbacks.Callback] = []
     if config.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
