@@ -18,19 +18,22 @@ import mlflow
 import optuna
 import pandas as pd
 import ray
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from search.evaluation import confusion_figure, curves_figure, evaluate, predicted_classes
+from search.folder import STUDY_NAME, ResumeError, SearchFolder
 from search.objective import METRIC, MODE
 from search.progress import ProgressCallback
 from search.results import best_trial, records_from_grid, results_table
 from search.sampling import DefineByRun
-from search.searcher import EpochBudget, PruningOptunaSearch, RecordingASHA
+from search.searcher import EpochBudget, PruningOptunaSearch, RecordingASHA, pruned_trial_ids
+from search.server import check_server
 from search.space import Choice, Fixed, Space
 from search.study_views import param_importances, study_figures
 from search.summary import Outcome
-from search.tracking import TrialRunLogger, start_parent_run
+from search.tracking import TrialRunLogger, start_parent_run, trial_run
 from search.trainable import MODEL_FILE, run_trial
 from trainables.config import TrialConfig
 from trainables.data import Listing, list_images
@@ -45,6 +48,7 @@ class Options:
     storage_path: Path
     address: str | None = None
     epoch_budget: int | None = None  # end the search after this many epochs in all
+    resume: bool = False  # go on with the newest search of the space under storage_path
 
 
 def prepare_data(space: Space) -> Listing:
@@ -73,14 +77,49 @@ def _ray_init(address: str | None) -> None:
 
 
 def run_search(space: Space, options: Options) -> Outcome:
-    """Run the search `space` describes and record it in MLflow. Trials that fail are recorded
-    as failed; the search goes on without them."""
+    """Run the search `space` describes (or resume and extend the last one) and record it in
+    MLflow. Trials that fail are recorded as failed; the search goes on without them."""
+    check_server(options.tracking_uri)
     listing = prepare_data(space)
     mlflow.set_tracking_uri(options.tracking_uri)
     client = MlflowClient()
-    run_name = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = options.storage_path.resolve()
+    folder = _resumed_folder(client, storage, space) if options.resume else \
+        _new_folder(client, storage, space, listing, options.tracking_uri)
+    parent = folder.parent_run_id
+    try:
+        done = _run_parts(space, listing, options, folder)
+        study = folder.load_study()
+        pairs = [(record, result) for grid in done
+                 for record, result in zip(records_from_grid(grid, pruned_trial_ids(study)), grid)]
+        records = [record for record, _ in pairs]
+        table = results_table(records)
+        table.to_parquet(folder.results_path, index=False)
+        client.set_tag(parent, "results_path", str(folder.results_path))
+        _log_overview(client, parent, table, records, folder.results_path)
+        _log_study(client, parent, study)
+        results = {record.trial_id: result for record, result in pairs}
+        # a trial cut short by the epoch budget may have no checkpoint to evaluate
+        best = best_trial(table[[_checkpoint(results[t]) is not None
+                                 for t in table["trial_id"]]] if len(table) else table)
+        accuracy, evaluated_on, model_uri = None, "", None
+        if best is not None:
+            accuracy, evaluated_on, model_uri = _evaluate_and_register(
+                space, listing, results[best["trial_id"]], best["trial_id"], parent)
+        client.set_terminated(parent, "FINISHED")
+    except BaseException:
+        client.set_terminated(parent, "FAILED")
+        raise
+    return Outcome(space.name, table, str(folder.results_path), parent, best, accuracy,
+                   evaluated_on, model_uri)
+
+
+def _new_folder(client: MlflowClient, storage: Path, space: Space, listing: Listing,
+                tracking_uri: str) -> SearchFolder:
+    """Open the parent run of a new search and write its folder's index."""
+    name = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     s = space.search
-    parent = start_parent_run(client, space.name, run_name, {
+    parent = start_parent_run(client, space.name, name, {
         "space_file": str(space.source), "seed": space.seed, "num_samples": s.num_samples,
         "sampler": s.sampler, "asha_max_epochs": s.asha.max_epochs,
         "asha_grace_period": s.asha.grace_period,
@@ -89,69 +128,87 @@ def run_search(space: Space, options: Options) -> Outcome:
         "classes": ",".join(listing.classes),
     })
     client.log_artifact(parent, str(space.source))
+    folder = SearchFolder(storage / name, space.name, parent, tracking_uri)
+    folder.save()
+    client.set_tag(parent, "search_folder", str(folder.path))
+    return folder
+
+
+def _resumed_folder(client: MlflowClient, storage: Path, space: Space) -> SearchFolder:
+    """The newest search of the space, its parent run reopened."""
+    folder = SearchFolder.latest(storage, space.name)
     try:
-        grid, scheduler, searcher, logger = _tune(space, listing, options, run_name, parent)
-        records = records_from_grid(grid, scheduler.stopped)
-        table = results_table(records)
-        results_path = options.storage_path.resolve() / run_name / "results.parquet"
-        table.to_parquet(results_path, index=False)
-        client.set_tag(parent, "results_path", str(results_path))
-        _log_overview(client, parent, table, records, results_path)
-        _log_study(client, parent, searcher.study)
-        results = {rec.trial_id: res for rec, res in zip(records, grid)}
-        # a trial cut short by the epoch budget may have no checkpoint to evaluate
-        best = best_trial(table[[_checkpoint(results[t]) is not None
-                                 for t in table["trial_id"]]] if len(table) else table)
-        accuracy, evaluated_on, model_uri = None, "", None
-        if best is not None:
-            accuracy, evaluated_on, model_uri = _evaluate_and_register(
-                space, listing, results[best["trial_id"]], logger.run_ids[best["trial_id"]],
-                parent)
-        client.set_terminated(parent, "FINISHED")
-    except BaseException:
-        client.set_terminated(parent, "FAILED")
-        raise
-    return Outcome(space.name, table, str(results_path), parent, best, accuracy, evaluated_on,
-                   model_uri)
+        client.update_run(folder.parent_run_id, status="RUNNING")
+    except MlflowException:
+        raise ResumeError(f"the parent run {folder.parent_run_id} of {folder.path} is not in "
+                          f"this tracking store; the search used --tracking-uri "
+                          f"{folder.tracking_uri}") from None
+    print(f"resuming {folder.path} ({len(folder.parts)} part(s) so far)")
+    return folder
 
 
-def _tune(space: Space, listing: Listing, options: Options, run_name: str,
-          parent: str) -> tuple[Any, RecordingASHA, PruningOptunaSearch, TrialRunLogger]:
-    s = space.search
-    scheduler = RecordingASHA(max_t=s.asha.max_epochs, grace_period=s.asha.grace_period,
-                              reduction_factor=s.asha.reduction_factor)
-    sampler = (optuna.samplers.TPESampler(seed=space.seed) if s.sampler == "tpe"
-               else optuna.samplers.RandomSampler(seed=space.seed))
-    searcher = PruningOptunaSearch(scheduler, space=DefineByRun(space), sampler=sampler,
-                                   points_to_evaluate=space.baseline_points() or None)
-    logger = TrialRunLogger(options.tracking_uri, space.name, parent, scheduler.stopped)
+def _run_parts(space: Space, listing: Listing, options: Options,
+               folder: SearchFolder) -> list[Any]:
+    """Every part's `ResultGrid`: earlier parts read back, the last one finished if the driver
+    was killed during it, then a new part with the trials still to run (all of them, for a
+    new search; the difference, when --num-samples raises a finished search's count)."""
+    _ray_init(options.address)  # before with_parameters, which puts the data in Ray's store
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, space=space, listing=listing),
-        {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
-    _ray_init(options.address)
+        {"cpu": space.search.resources.cpu, "gpu": space.search.resources.gpu})
+    grids = []
+    for part in folder.parts:
+        path = str(folder.path / part)
+        if not tune.Tuner.can_restore(path):
+            continue  # killed before Tune wrote its first state: no trial ran
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True)
+        grids.append(tuner.fit() if part == folder.parts[-1] else tuner.get_results())
+    todo = space.search.num_samples - sum(len(grid) for grid in grids)
+    if todo > 0:
+        grids.append(_new_part(space, options, folder, trainable, todo, first=not grids).fit())
+    return grids
+
+
+def _new_part(space: Space, options: Options, folder: SearchFolder, trainable: Any,
+              num_samples: int, first: bool) -> tune.Tuner:
+    """A Tune experiment of `num_samples` trials in the search's folder, its searcher on the
+    search's Optuna study. The first part runs the baselines first."""
+    s = space.search
+    part = folder.add_part()
+    seed = space.seed + len(folder.parts) - 1  # an extension must not redraw the same points
+    scheduler = RecordingASHA(max_t=s.asha.max_epochs, grace_period=s.asha.grace_period,
+                              reduction_factor=s.asha.reduction_factor)
+    sampler = (optuna.samplers.TPESampler(seed=seed) if s.sampler == "tpe"
+               else optuna.samplers.RandomSampler(seed=seed))
+    searcher = PruningOptunaSearch(
+        scheduler, space=DefineByRun(space), sampler=sampler,
+        points_to_evaluate=(space.baseline_points() or None) if first else None,
+        storage=folder.study_storage(), study_name=STUDY_NAME)
+    logger = TrialRunLogger(options.tracking_uri, space.name, folder.parent_run_id,
+                            scheduler.stopped)
     # Tune snapshots its state at every checkpoint because we keep one per trial; on small
     # data that is every second or two, and it warns each time (the snapshot takes ~10 ms)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                    num_samples=s.num_samples,
+                                    num_samples=num_samples,
                                     max_concurrent_trials=s.max_concurrent,
                                     # one worker process runs trial after trial: Python,
                                     # TensorFlow and the data are loaded once per worker
                                     reuse_actors=True),
         run_config=tune.RunConfig(
-            name=run_name, storage_path=str(options.storage_path.resolve()),
+            name=part, storage_path=str(folder.path),
             stop=EpochBudget(options.epoch_budget) if options.epoch_budget else None,
             # our progress line replaces Tune's status tables
-            callbacks=[logger, ProgressCallback(s.num_samples, scheduler.stopped)], verbose=0,
+            callbacks=[logger, ProgressCallback(num_samples, scheduler.stopped)], verbose=0,
             # keep each trial's best epoch (the model we keep) and its latest (to resume)
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
-            failure_config=tune.FailureConfig(max_failures=0),
+            # a trial whose worker died is retried from its latest checkpoint
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
         ),
     )
-    return tuner.fit(), scheduler, searcher, logger
 
 
 def _log_overview(client: MlflowClient, parent: str, table: pd.DataFrame, records: list,
@@ -191,20 +248,25 @@ def _log_figure(client: MlflowClient, run_id: str, figure: plt.Figure, name: str
     plt.close(figure)  # pyplot keeps every figure alive until closed
 
 
-def _evaluate_and_register(space: Space, listing: Listing, result: Any, run_id: str,
+def _evaluate_and_register(space: Space, listing: Listing, result: Any, trial_id: str,
                            parent: str) -> tuple[float, str, str]:
     """Evaluate the best trial's best checkpoint on the test split (validation if the space
-    has none), log it as an MLflow model on the trial's run and register a new version."""
+    has none), log it as an MLflow model on the trial's run and register a new version.
+    A resumed search whose best trial has not changed keeps the version it registered."""
+    client = MlflowClient()
+    split = "test" if "test" in listing.splits else "validation"
+    earlier = client.get_run(parent).data
+    if earlier.tags.get("best_trial_id") == trial_id and "registered_model" in earlier.tags:
+        return earlier.metrics[f"{split}_accuracy"], split, earlier.tags["registered_model"]
+    run_id = trial_run(client, parent, trial_id)
     config = TrialConfig.from_params(result.config)
     with _checkpoint(result).as_directory() as folder:
         model = keras.models.load_model(Path(folder) / MODEL_FILE)
-    split = "test" if "test" in listing.splits else "validation"
     arrays = load_arrays(listing.splits[split], config.image_size, space.data.color_mode,
                          space.data.cache_dir)
     data = make_dataset(arrays.images, arrays.labels, 64, training=False, seed=space.seed)
     predicted = predicted_classes(model.predict(data, verbose=0))
     test = evaluate(arrays.labels, predicted, listing.classes)
-    client = MlflowClient()
     for target in (run_id, parent):
         client.log_metric(target, f"{split}_accuracy", test["accuracy"])
         client.log_dict(target, test["report"], f"{split}_classification_report.json")
@@ -222,4 +284,5 @@ def _evaluate_and_register(space: Space, listing: Listing, result: Any, run_id: 
                       "trial_config": json.dumps(result.config, default=str)})
     version = info.registered_model_version
     client.set_tag(parent, "registered_model", f"models:/{space.name}/{version}")
+    client.set_tag(parent, "best_trial_id", trial_id)
     return test["accuracy"], split, f"models:/{space.name}/{version}"

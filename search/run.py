@@ -1,7 +1,12 @@
 """`python -m search.run SPACE.yaml`: validate a space, then dry-run it or run the search.
 
-Bad input (a broken space file, missing or unusable data) ends with one message naming the
-problem and exit code 2, before anything starts.
+Bad input (a broken space file, missing or unusable data, a tracking server that does not
+answer, nothing to resume) ends with one message naming the problem and exit code 2, before
+any trial starts.
+
+`--resume` goes on with the newest search of the space under `--storage-path`: a search whose
+driver was killed finishes (finished trials are kept, unfinished ones continue from their
+checkpoints); a finished one runs more trials if `--num-samples` asks for more than it ran.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import sys
 from pathlib import Path
 
 from search.cli import EXIT_BAD_INPUT, add_tracking_uri
+from search.folder import ResumeError
+from search.server import TrackingError
 from search.space import Space, SpaceError, load_space
 from trainables.data import DataError
 
@@ -29,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epoch-budget", type=int,
                    help="end the search once its trials have trained this many epochs in all")
     p.add_argument("--address", help="Ray cluster address (auto, host:port or ray://...)")
+    p.add_argument("--resume", action="store_true",
+                   help="finish or extend the newest search of this space under --storage-path")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, report the data and baseline models, train nothing")
     return p.parse_args(argv)
@@ -68,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.epoch_budget is not None and args.epoch_budget < 1:
             raise SpaceError(f"--epoch-budget must be >= 1, got {args.epoch_budget}")
         outcome = run_search(space, Options(args.tracking_uri, Path(args.storage_path),
-                                            args.address, args.epoch_budget))
+                                            args.address, args.epoch_budget, args.resume))
         print_summary(outcome, args.tracking_uri)
         return 0
-    except (SpaceError, DataError) as exc:
+    except (SpaceError, DataError, TrackingError, ResumeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

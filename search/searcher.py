@@ -18,6 +18,8 @@ from ray.tune.stopper import Stopper
 
 from search.objective import METRIC, MODE
 
+RAY_TRIAL_ID = "ray_trial_id"  # the Optuna trial's user attribute naming its Ray trial
+
 
 class RecordingASHA(ASHAScheduler):
     """ASHA that remembers which trials it stopped before their planned epochs (`stopped`,
@@ -52,12 +54,26 @@ class EpochBudget(Stopper):
 
 
 class PruningOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna a trial stopped by `scheduler` was PRUNED."""
+    """OptunaSearch that tells Optuna a trial stopped by `scheduler` was PRUNED, and marks
+    each Optuna trial with its Ray trial id (the study is the search's lasting record)."""
 
     def __init__(self, scheduler: RecordingASHA, **kwargs: Any):
         super().__init__(metric=METRIC, mode=MODE, **kwargs)
         self._scheduler = scheduler
         self._last_step: dict[str, int] = {}  # trial id -> last epoch reported to Optuna
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID, trial_id)
+        return config
+
+    def restore(self, checkpoint_path: str) -> None:
+        # the saved state holds a copy of the scheduler: keep the one Tune runs with, whose
+        # `stopped` set the callbacks share
+        scheduler = self._scheduler
+        super().restore(checkpoint_path)
+        self._scheduler = scheduler
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         super().on_trial_result(trial_id, result)
@@ -83,3 +99,9 @@ class PruningOptunaSearch(OptunaSearch):
     def study(self) -> optuna.Study:
         """The Optuna study behind the search (read it; do not tell it trials)."""
         return self._ot_study
+
+
+def pruned_trial_ids(study: optuna.Study) -> set[str]:
+    """The Ray trial ids of the study's pruned trials: those ASHA stopped, in every part."""
+    return {t.user_attrs[RAY_TRIAL_ID] for t in study.trials
+            if t.state == optuna.trial.TrialState.PRUNED and RAY_TRIAL_ID in t.user_attrs}

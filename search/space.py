@@ -81,6 +81,7 @@ class SearchSettings:
     num_samples: int = 10
     sampler: str = "tpe"
     max_concurrent: int = 2
+    max_failures: int = 2  # retries of a trial whose worker died, each from its last checkpoint
     resources: Resources = Resources()
     asha: Asha = Asha()
 
@@ -324,7 +325,7 @@ def _split(reader: _Reader, raw: Any, path: str, fraction: bool,
 
 def _search(reader: _Reader, raw: Any) -> SearchSettings:
     s = reader.mapping(raw, "search", {"num_samples", "sampler", "max_concurrent",
-                                       "resources", "asha"})
+                                       "max_failures", "resources", "asha"})
     sampler = s.get("sampler", "tpe")
     if sampler not in ("tpe", "random"):
         raise reader.fail("search.sampler", f"expected tpe or random, got {sampler!r}")
@@ -346,6 +347,7 @@ def _search(reader: _Reader, raw: Any) -> SearchSettings:
         num_samples=reader.number(s, "num_samples", "search", int, 10, low=1),
         sampler=sampler,
         max_concurrent=reader.number(s, "max_concurrent", "search", int, 2, low=1),
+        max_failures=reader.number(s, "max_failures", "search", int, 2, low=0),
         resources=Resources(reader.number(r, "cpu", "search.resources", float, 1.0, low=0.01), gpu),
         asha=asha,
     )

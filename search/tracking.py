@@ -1,5 +1,8 @@
 """MLflow, written from the driver only: one experiment per space, a parent run per search,
-a child run per trial (through Ray's own `MLflowLoggerCallback`, which runs in the driver)."""
+a child run per trial (through Ray's own `MLflowLoggerCallback`, which runs in the driver).
+
+A trial keeps one run however often it starts: retried after its worker died, or resumed
+after the driver was killed, it finds its run by the `trial_id` tag and continues it."""
 
 from __future__ import annotations
 
@@ -10,6 +13,18 @@ from mlflow.tracking import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from trainables.train import METRICS
+
+TRIAL_ID = "trial_id"  # the tag that ties a child run to its Ray trial
+
+
+def trial_run(client: MlflowClient, parent_run_id: str, trial_id: str) -> str | None:
+    """The child run of `parent_run_id` that records trial `trial_id`, if there is one."""
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs(
+        [experiment_id], max_results=1,
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+                      f"and tags.{TRIAL_ID} = '{trial_id}'")
+    return runs[0].info.run_id if runs else None
 
 
 def start_parent_run(client: MlflowClient, experiment: str, run_name: str,
@@ -34,13 +49,33 @@ class TrialRunLogger(MLflowLoggerCallback):
                  stopped: set[str]):
         super().__init__(tracking_uri=tracking_uri, experiment_name=experiment,
                          tags={"mlflow.parentRunId": parent_run_id, "kind": "trial"})
+        self.parent_run_id = parent_run_id
         self.stopped = stopped
         self.run_ids: dict[str, str] = {}  # trial id -> MLflow run id
         self._ended: set[str] = set()
 
     def log_trial_start(self, trial: Any) -> None:
-        super().log_trial_start(trial)
+        if trial not in self._trial_runs:
+            client = MlflowClient(self.tracking_uri)
+            run_id = trial_run(client, self.parent_run_id, trial.trial_id)
+            if run_id is None:
+                run_id = self.mlflow_util.start_run(
+                    run_name=str(trial), tags={**self.tags, "trial_name": str(trial),
+                                               TRIAL_ID: trial.trial_id}).info.run_id
+            else:  # resumed after the driver was killed: continue the trial's run
+                client.update_run(run_id, status="RUNNING")
+            self._trial_runs[trial] = run_id
+        super().log_trial_start(trial)  # logs the params
         self.run_ids[trial.trial_id] = self._trial_runs[trial]
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial whose worker died: Tune retries it from its last checkpoint, in this run."""
+        run_id = self._trial_runs.get(trial)
+        if run_id is not None:
+            client = MlflowClient(self.tracking_uri)
+            client.set_tag(run_id, "restarts", str(trial.num_failures))
+            if trial.error_file:
+                client.set_tag(run_id, "last_failure", _last_line(trial.error_file))
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
         metrics = {name: result[name] for name in METRICS if name in result}
@@ -50,7 +85,7 @@ class TrialRunLogger(MLflowLoggerCallback):
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         run_id = self._trial_runs[trial]
         stopped = trial.trial_id in self.stopped
-        client = MlflowClient()
+        client = MlflowClient(self.tracking_uri)
         client.set_tag(run_id, "stopped_early", str(stopped).lower())
         client.log_metric(run_id, "stopped_early", float(stopped))
         if failed and trial.error_file:
@@ -62,7 +97,7 @@ class TrialRunLogger(MLflowLoggerCallback):
         """Trials the search ended before they did (an epoch budget spent) are KILLED, not
         left RUNNING forever."""
         for run_id in set(self.run_ids.values()) - self._ended:
-            MlflowClient().set_terminated(run_id, "KILLED")
+            MlflowClient(self.tracking_uri).set_terminated(run_id, "KILLED")
         super().on_experiment_end(trials, **info)
 
 

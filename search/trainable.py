@@ -2,8 +2,9 @@
 
 It turns Ray's flat config into a `TrialConfig`, sizes TensorFlow to the trial's resources,
 resumes from the trial's last checkpoint if Ray restarted it, and reports every epoch through
-`ray.tune.report` with the model saved as a native `.keras` file. Only `ray.tune` is imported:
-the `ray.train` reporting functions raise inside Tune.
+`ray.tune.report` with the model saved as a native `.keras` file. A trial that runs out of
+memory fails with a `TrialOutOfMemory` that says so; the search goes on. Only `ray.tune` is
+imported: the `ray.train` reporting functions raise inside Tune.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import tensorflow as tf
 from ray import tune
 
 from search.space import Space
@@ -26,6 +28,10 @@ from trainables.resources import configure_tensorflow
 from trainables.train import TrialData, train
 
 MODEL_FILE, STATE_FILE = "model.keras", "state.json"
+
+
+class TrialOutOfMemory(RuntimeError):
+    """The trial's model or batches did not fit in the memory it had."""
 
 
 def trial_epochs(space: Space, config: TrialConfig) -> int:
@@ -69,5 +75,11 @@ def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None
             tune.report({**metrics, **timings},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
-    train(config, load_trial_data(space, listing, config), report,
-          epochs=trial_epochs(space, config), model=model, initial_epoch=initial_epoch)
+    try:
+        train(config, load_trial_data(space, listing, config), report,
+              epochs=trial_epochs(space, config), model=model, initial_epoch=initial_epoch)
+    except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrialOutOfMemory(
+            f"out of memory (batch_size {config.batch_size}, image_size {config.image_size}): "
+            f"{first[:300]}") from exc

@@ -6,6 +6,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,3 +139,40 @@ def finished_search(ray_local, tmp_path_factory) -> FinishedSearch:
     with contextlib.chdir(folder), contextlib.redirect_stdout(out):
         code = main([str(space), "--tracking-uri", uri, "--storage-path", str(folder / "ray")])
     return FinishedSearch(space, uri, folder / "ray", out.getvalue(), code)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_server(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def running_mlflow_server(store_uri: str, folder: Path, log: Path, port: int | None = None):
+    """A real `mlflow server` on `store_uri` (artifacts under `folder`), on localhost; its URL.
+    Stopped by its process group id (the server's workers are in its group)."""
+    port = port or free_port()
+    with log.open("a") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri,
+             "--host", "127.0.0.1", "--port", str(port)],
+            cwd=folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_server(url, server, log)
+            yield url
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import running_mlflow_server
 from mlflow.tracking import MlflowClient
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -26,39 +23,12 @@ pytestmark = pytest.mark.skipif(
            "chromium-driver; .ci/run does)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(finished_search, tmp_path: Path):
-    """`mlflow server` on the search's store, on localhost; stopped by its process group id."""
-    port = _free_port()
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-         finished_search.tracking_uri, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=finished_search.storage.parent, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow server did not start:\n"
-                                f"{(tmp_path / 'server.log').read_text()[-3000:]}")
-                time.sleep(0.5)
+    """`mlflow server` on the search's store."""
+    with running_mlflow_server(finished_search.tracking_uri, finished_search.storage.parent,
+                               tmp_path / "server.log") as url:
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture

@@ -1,0 +1,210 @@
+"""Faults a long search meets, with real processes killed by their pid: a trial's worker dies,
+the driver dies, a trial runs out of memory, the tracking server is not there."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from conftest import free_port, write_class_folders
+from mlflow.tracking import MlflowClient
+
+from search.folder import SearchFolder
+from search.run import main
+
+SPACE = """
+name: faults
+seed: 1
+data:
+  root: {root}
+  train: .
+  validation: 0.25
+  test: 0.25
+  classes: [circle, square, stripes]
+  color_mode: rgb
+  cache_dir: {cache}
+model:
+  image_size: 12
+  conv_blocks: 1
+  conv_filters: {{type: choice, choices: [4, 8]}}
+  dense_layers: 1
+  dense_units: {{type: choice, choices: {dense_units}}}
+train:
+  optimizer: adam
+  learning_rate: {{type: loguniform, low: 0.001, high: 0.03}}
+  epochs: {epochs}
+  batch_size: 8
+search:
+  num_samples: {num_samples}
+  max_concurrent: 2
+  resources: {{cpu: 1}}
+  asha: {{max_epochs: {epochs}, grace_period: {epochs}}}  # no early stops: every trial runs out
+{baselines}
+"""
+
+
+def write_space(folder: Path, *, num_samples: int, epochs: int, dense_units: str = "[8, 16]",
+                baselines: str = "") -> Path:
+    root = write_class_folders(folder / "data", 16)
+    path = folder / "faults.yaml"
+    path.write_text(SPACE.format(root=root, cache=folder / "cache", num_samples=num_samples,
+                                 epochs=epochs, dense_units=dense_units, baselines=baselines))
+    return path
+
+
+def results(storage: Path) -> dict[str, list[dict]]:
+    """Each trial's reported results so far (Tune's result.json), by trial id."""
+    found = {}
+    for path in storage.glob("*/part-*/*/result.json"):
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # being written
+        if rows:
+            found[rows[0]["trial_id"]] = rows
+    return found
+
+
+def trial_runs(uri: str, experiment: str) -> tuple[list, list]:
+    """The experiment's parent runs and child runs."""
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return ([r for r in runs if r.data.tags.get("kind") == "search"],
+            [r for r in runs if r.data.tags.get("kind") == "trial"])
+
+
+def steps(uri: str, run_id: str) -> list[int]:
+    return [m.step for m in MlflowClient(uri).get_metric_history(run_id, "val_accuracy")]
+
+
+def test_tracking_server_down_at_start_is_exit_2_before_anything(tmp_path: Path, capsys):
+    space = write_space(tmp_path, num_samples=1, epochs=1)
+    code = main([str(space), "--tracking-uri", f"http://127.0.0.1:{free_port()}",
+                 "--storage-path", str(tmp_path / "ray")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "does not answer" in err and "Traceback" not in err
+    assert not (tmp_path / "ray").exists()
+
+
+def test_nothing_to_resume_is_exit_2(tmp_path: Path, capsys):
+    space = write_space(tmp_path, num_samples=1, epochs=1)
+    assert main([str(space), "--resume", "--storage-path", str(tmp_path / "ray"),
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 2
+    assert "no search of space 'faults' to resume" in capsys.readouterr().err
+
+
+def test_dead_worker_is_retried_from_its_checkpoint_and_oom_fails_alone(
+        ray_local, tmp_path: Path, monkeypatch, capsys):
+    """One trial's worker is killed mid-training; another trial's model cannot be allocated."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = tmp_path / "ray"
+    space = write_space(tmp_path, num_samples=2, epochs=20, dense_units="[8, 2000000000]",
+                        baselines="baselines:\n  huge: {conv_filters: [4], dense_units: "
+                                  "[2000000000]}\n  small: {conv_filters: [8], dense_units: [8]}")
+    killed: list[str] = []
+
+    def kill_a_worker_mid_trial() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            for trial_id, rows in results(storage).items():
+                if 2 <= rows[-1]["epoch"] < 15:
+                    os.kill(rows[-1]["pid"], signal.SIGKILL)
+                    killed.append(trial_id)
+                    return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_a_worker_mid_trial, daemon=True)
+    killer.start()
+    code = main([str(space), "--tracking-uri", uri, "--storage-path", str(storage)])
+    killer.join(timeout=1)
+    assert code == 0, capsys.readouterr()
+    assert killed, "no trial was seen mid-training"
+    trial_id = killed[0]
+
+    # the retry went on from the checkpoint: no epoch was trained twice, all 20 were
+    epochs = [row["epoch"] for row in results(storage)[trial_id]]
+    assert epochs == list(range(1, 21)), epochs
+
+    parents, children = trial_runs(uri, "faults")
+    assert len(parents) == 1 and len(children) == 2  # the retry continued its run
+    by_trial = {r.data.tags["trial_id"]: r for r in children}
+    retried = by_trial[trial_id]
+    assert retried.data.tags["restarts"] == "1" and retried.info.status == "FINISHED"
+    assert steps(uri, retried.info.run_id) == list(range(1, 21))
+    assert "died" in retried.data.tags["last_failure"]
+
+    oom = next(r for r in children if r.data.params["dense_units_0"] == "2000000000")
+    assert oom.info.status == "FAILED"
+    assert "out of memory" in oom.data.tags["error"], oom.data.tags["error"]
+    table = pd.read_parquet(next(storage.glob("*/results.parquet")))
+    assert sorted(table["status"]) == ["completed", "failed"]
+
+
+def test_killed_driver_resumes_then_the_finished_search_extends(ray_local, tmp_path: Path,
+                                                                monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = tmp_path / "ray"
+    space = write_space(tmp_path, num_samples=4, epochs=10)
+    args = [str(space), "--tracking-uri", uri, "--storage-path", str(storage)]
+    log = tmp_path / "driver.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen([sys.executable, "-m", "search.run", *args], stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # kill the driver once one trial has finished and another is part-way
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and driver.poll() is None:
+            now = results(storage)
+            finished = {t for t, rows in now.items() if rows[-1]["epoch"] == 10}
+            midway = {t for t, rows in now.items() if 1 <= rows[-1]["epoch"] <= 7}
+            if finished and midway:
+                os.kill(driver.pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        driver.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever that driver started
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert finished and midway, log.read_text()[-3000:]
+    before = results(storage)
+
+    assert main([*args, "--resume"]) == 0, capsys.readouterr()
+    after = results(storage)
+    assert len(after) == 4
+    for trial_id in finished:  # not rerun
+        assert after[trial_id] == before[trial_id]
+    for trial_id in midway:  # continued from its checkpoint
+        assert [row["epoch"] for row in after[trial_id]] == list(range(1, 11))
+    parents, children = trial_runs(uri, "faults")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.tags["trial_id"] for r in children) == sorted(after)
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert all(steps(uri, r.info.run_id) == list(range(1, 11)) for r in children)
+    folder = SearchFolder.load(next(storage.glob("*/search.json")).parent)
+    study = folder.load_study()
+    assert len(study.trials) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+    # the finished search runs 2 more trials; the sampler sees all 6 in one study
+    assert main([*args, "--resume", "--num-samples", "6"]) == 0, capsys.readouterr()
+    parents, children = trial_runs(uri, "faults")
+    assert len(parents) == 1 and len(children) == 6
+    study = folder.load_study()
+    assert len(study.trials) == 6 and (folder.path / "part-2").is_dir()
+    assert {t.user_attrs["ray_trial_id"] for t in study.trials} == \
+        {r.data.tags["trial_id"] for r in children}
+    assert len(pd.read_parquet(folder.results_path)) == 6
