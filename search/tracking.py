@@ -53,6 +53,7 @@ class TrialRunLogger(MLflowLoggerCallback):
         self.stopped = stopped
         self.run_ids: dict[str, str] = {}  # trial id -> MLflow run id
         self._ended: set[str] = set()
+        self._node: dict[str, str] = {}  # trial id -> the node last tagged on its run
 
     def log_trial_start(self, trial: Any) -> None:
         if trial not in self._trial_runs:
@@ -78,9 +79,16 @@ class TrialRunLogger(MLflowLoggerCallback):
                 client.set_tag(run_id, "last_failure", _last_line(trial.error_file))
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        run_id = self._trial_runs[trial]
         metrics = {name: result[name] for name in METRICS if name in result}
-        self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=metrics,
+        self.mlflow_util.log_metrics(run_id=run_id, metrics_to_log=metrics,
                                      step=result["training_iteration"])
+        node = result.get("node_id")
+        if node and self._node.get(trial.trial_id) != node:  # where it runs (a retry may move)
+            client = MlflowClient(self.tracking_uri)
+            client.set_tag(run_id, "ray_node_id", node)
+            client.set_tag(run_id, "node_ip", result.get("node_ip", ""))
+            self._node[trial.trial_id] = node
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         run_id = self._trial_runs[trial]

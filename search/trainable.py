@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import ray
 import tensorflow as tf
 from ray import tune
 
@@ -52,8 +53,10 @@ def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None
 
     Besides the epoch's metrics each report carries what the benchmarks account with:
     `started_at` (wall clock when this function began), `checkpoint_s` (saving the model)
-    and `peak_rss_mb` (of this worker process, which may have run trials before)."""
+    and `peak_rss_mb` (of this worker process, which may have run trials before); and the
+    Ray node it ran on (`node_id`)."""
     started_at = time.time()
+    node_id = ray.get_runtime_context().get_node_id()
     configure_tensorflow(space.search.resources.cpu, space.search.resources.gpu)
     keras.backend.clear_session()  # a reused worker must not carry the last trial's graph
     config = TrialConfig.from_params(params)
@@ -69,7 +72,7 @@ def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None
             saving = time.perf_counter()
             trained.save(Path(folder) / MODEL_FILE)
             (Path(folder) / STATE_FILE).write_text(json.dumps({"epoch": metrics["epoch"]}))
-            timings = {"started_at": started_at,
+            timings = {"started_at": started_at, "node_id": node_id,
                        "checkpoint_s": time.perf_counter() - saving,
                        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
             tune.report({**metrics, **timings},

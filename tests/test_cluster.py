@@ -1,11 +1,20 @@
-"""cluster.yaml against the schema that ships with Ray, and its closed defaults."""
+"""cluster.yaml against the schema that ships with Ray, and its closed defaults; a search on a
+real multi-node Ray cluster logging to a real MLflow tracking server."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port, running_mlflow_server, write_tiny_space
+from mlflow.tracking import MlflowClient
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster.yaml"
@@ -42,3 +51,61 @@ def test_workers_are_gpu_nodes_and_install_the_project():
     assert config["available_node_types"]["gpu_worker"]["node_config"]["InstanceType"] \
         .startswith(("g", "p"))
     assert any("pip install" in c and "keras-search" in c for c in config["setup_commands"])
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path: Path):
+    """A real Ray cluster on this machine: a head and a worker node, 1 CPU each, started with
+    `ray start` and token authentication on, as cluster.yaml does. Yields (address, env).
+    Each node is stopped by its process group id."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
+    address = f"127.0.0.1:{free_port()}"
+    common = ["--num-cpus=1", "--disable-usage-stats", "--block"]
+    nodes = []
+    try:
+        for args in (["--head", f"--port={address.split(':')[1]}",
+                      "--include-dashboard=false"], [f"--address={address}"]):
+            nodes.append(subprocess.Popen(
+                ["ray", "start", *args, *common], env=env, start_new_session=True,
+                stdout=(tmp_path / f"node{len(nodes)}.log").open("w"),
+                stderr=subprocess.STDOUT))
+            _wait_for_nodes(address, env, len(nodes))
+        yield address, env
+    finally:
+        for node in nodes:
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait(timeout=30)
+
+
+def _wait_for_nodes(address: str, env: dict, count: int, timeout_s: float = 120) -> None:
+    probe = (f"import ray; ray.init(address={address!r}, logging_level='ERROR'); "
+             f"print(sum(n['Alive'] for n in ray.nodes()))")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = subprocess.run([sys.executable, "-c", probe], env=env, check=False, capture_output=True,
+                              text=True)
+        if done.returncode == 0 and done.stdout.strip() == str(count):
+            return
+        time.sleep(1)
+    pytest.fail(f"the Ray cluster did not reach {count} nodes")
+
+
+def test_search_on_a_two_node_cluster_logs_to_a_tracking_server(two_node_cluster,
+                                                                tmp_path: Path):
+    address, env = two_node_cluster
+    space = write_tiny_space(tmp_path, num_samples=4)
+    with running_mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path,
+                               tmp_path / "mlflow.log") as url:
+        done = subprocess.run(
+            [sys.executable, "-m", "search.run", str(space), "--address", address,
+             "--tracking-uri", url, "--storage-path", str(tmp_path / "ray")],
+            env=env, cwd=tmp_path, check=False, capture_output=True, text=True, timeout=500)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        client = MlflowClient(url)
+        runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    trials = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert len(trials) == 4 and len(runs) == 5
+    nodes = {r.data.tags.get("ray_node_id") for r in trials} - {None}
+    assert len(nodes) == 2, nodes  # trials ran on the head and on the worker
+    parent = next(r for r in runs if r.data.tags.get("kind") == "search")
+    assert parent.info.status == "FINISHED" and "registered_model" in parent.data.tags
