@@ -24,7 +24,8 @@ def _variant(space: Space, method: str, seed: int) -> Space:
     s = space.search
     no_stops = dataclasses.replace(s.asha, grace_period=s.asha.max_epochs)  # ASHA never stops
     search = {
-        "tpe_asha": dataclasses.replace(s, num_samples=1000),  # the epoch budget ends it
+        # the epoch budget ends it; TPE models after 3 trials, as a search of ~10 would
+        "tpe_asha": dataclasses.replace(s, num_samples=1000, startup_trials=3),
         "random": dataclasses.replace(s, num_samples=1000, sampler="random", asha=no_stops),
         "baselines": dataclasses.replace(s, num_samples=len(space.baselines), asha=no_stops),
     }[method]

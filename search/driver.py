@@ -4,6 +4,7 @@ registered. Called by `search.run`; everything here happens in the driver proces
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -28,12 +29,18 @@ from search.objective import METRIC, MODE
 from search.progress import ProgressCallback
 from search.results import best_trial, records_from_grid, results_table
 from search.sampling import DefineByRun
-from search.searcher import EpochBudget, PruningOptunaSearch, RecordingASHA, pruned_trial_ids
+from search.searcher import (
+    EpochBudget,
+    PruningOptunaSearch,
+    RecordingASHA,
+    pruned_trial_ids,
+    tpe_startup_trials,
+)
 from search.server import check_server
 from search.space import Choice, Fixed, Space
 from search.study_views import param_importances, study_figures
 from search.summary import Outcome
-from search.tracking import TrialRunLogger, start_parent_run, trial_run
+from search.tracking import TrialRunLogger, mend_trial_runs, start_parent_run, trial_run
 from search.trainable import MODEL_FILE, run_trial
 from trainables.config import TrialConfig
 from trainables.data import Listing, list_images
@@ -93,6 +100,9 @@ def run_search(space: Space, options: Options) -> Outcome:
         pairs = [(record, result) for grid in done
                  for record, result in zip(records_from_grid(grid, pruned_trial_ids(study)), grid)]
         records = [record for record, _ in pairs]
+        mended = mend_trial_runs(client, parent, records)
+        if mended:
+            print(f"wrote what MLflow had missed of {mended} trial(s), from Ray's results")
         table = results_table(records)
         table.to_parquet(folder.results_path, index=False)
         client.set_tag(parent, "results_path", str(folder.results_path))
@@ -108,7 +118,8 @@ def run_search(space: Space, options: Options) -> Outcome:
                 space, listing, results[best["trial_id"]], best["trial_id"], parent)
         client.set_terminated(parent, "FINISHED")
     except BaseException:
-        client.set_terminated(parent, "FAILED")
+        with contextlib.suppress(MlflowException):  # the server may be what failed
+            client.set_terminated(parent, "FAILED")
         raise
     return Outcome(space.name, table, str(folder.results_path), parent, best, accuracy,
                    evaluated_on, model_uri)
@@ -178,7 +189,9 @@ def _new_part(space: Space, options: Options, folder: SearchFolder, trainable: A
     seed = space.seed + len(folder.parts) - 1  # an extension must not redraw the same points
     scheduler = RecordingASHA(max_t=s.asha.max_epochs, grace_period=s.asha.grace_period,
                               reduction_factor=s.asha.reduction_factor)
-    sampler = (optuna.samplers.TPESampler(seed=seed) if s.sampler == "tpe"
+    startup = s.startup_trials or tpe_startup_trials(s.num_samples)
+    sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+               if s.sampler == "tpe"
                else optuna.samplers.RandomSampler(seed=seed))
     searcher = PruningOptunaSearch(
         scheduler, space=DefineByRun(space), sampler=sampler,

@@ -16,6 +16,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from search.cli import EXIT_BAD_INPUT, add_tracking_uri
 from search.folder import ResumeError
 from search.server import TrackingError
@@ -83,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     except (SpaceError, DataError, TrackingError, ResumeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except MlflowException as exc:  # the tracking server went away mid-search
+        print(f"error: MLflow failed mid-search: {str(exc).splitlines()[0][:300]}\n"
+              f"The trials' results and checkpoints are kept under {args.storage_path}/: run "
+              f"the same command with --resume once MLflow answers again; it finishes the "
+              f"search and writes what MLflow missed.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

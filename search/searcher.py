@@ -105,3 +105,9 @@ def pruned_trial_ids(study: optuna.Study) -> set[str]:
     """The Ray trial ids of the study's pruned trials: those ASHA stopped, in every part."""
     return {t.user_attrs[RAY_TRIAL_ID] for t in study.trials
             if t.state == optuna.trial.TrialState.PRUNED and RAY_TRIAL_ID in t.user_attrs}
+
+
+def tpe_startup_trials(num_samples: int) -> int:
+    """Random trials before TPE starts modelling: a third of the search, 2 to 10. Optuna's
+    default of 10 makes any search of 10 trials or fewer a random search."""
+    return max(2, min(10, num_samples // 3))

@@ -80,6 +80,7 @@ class Asha:
 class SearchSettings:
     num_samples: int = 10
     sampler: str = "tpe"
+    startup_trials: int | None = None  # TPE's random trials first; None: tpe_startup_trials()
     max_concurrent: int = 2
     max_failures: int = 2  # retries of a trial whose worker died, each from its last checkpoint
     resources: Resources = Resources()
@@ -324,8 +325,9 @@ def _split(reader: _Reader, raw: Any, path: str, fraction: bool,
 
 
 def _search(reader: _Reader, raw: Any) -> SearchSettings:
-    s = reader.mapping(raw, "search", {"num_samples", "sampler", "max_concurrent",
-                                       "max_failures", "resources", "asha"})
+    s = reader.mapping(raw, "search", {"num_samples", "sampler", "startup_trials",
+                                       "max_concurrent", "max_failures", "resources",
+                                       "asha"})
     sampler = s.get("sampler", "tpe")
     if sampler not in ("tpe", "random"):
         raise reader.fail("search.sampler", f"expected tpe or random, got {sampler!r}")
@@ -346,6 +348,8 @@ def _search(reader: _Reader, raw: Any) -> SearchSettings:
     return SearchSettings(
         num_samples=reader.number(s, "num_samples", "search", int, 10, low=1),
         sampler=sampler,
+        startup_trials=reader.number(s, "startup_trials", "search", int, None, low=1)
+        if "startup_trials" in s else None,
         max_concurrent=reader.number(s, "max_concurrent", "search", int, 2, low=1),
         max_failures=reader.number(s, "max_failures", "search", int, 2, low=0),
         resources=Resources(reader.number(r, "cpu", "search.resources", float, 1.0, low=0.01), gpu),

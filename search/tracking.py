@@ -6,12 +6,19 @@ after the driver was killed, it finds its run by the `trial_id` tag and continue
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+from search.objective import METRIC
+from search.results import TrialRecord
 from trainables.train import METRICS
 
 TRIAL_ID = "trial_id"  # the tag that ties a child run to its Ray trial
@@ -25,6 +32,42 @@ def trial_run(client: MlflowClient, parent_run_id: str, trial_id: str) -> str | 
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
                       f"and tags.{TRIAL_ID} = '{trial_id}'")
     return runs[0].info.run_id if runs else None
+
+
+def epoch_metrics(row: Mapping[str, Any]) -> list[Metric]:
+    """An epoch's metrics as MLflow writes them: `step=training_iteration` (the epoch)."""
+    at = int(row.get("timestamp") or time.time()) * 1000
+    return [Metric(name, float(row[name]), at, int(row["training_iteration"]))
+            for name in METRICS if name in row and pd.notna(row[name])]
+
+
+def mend_trial_runs(client: MlflowClient, parent_run_id: str, records: list[TrialRecord]) -> int:
+    """Make MLflow hold what Ray holds: one run per trial, every epoch's metrics, its end.
+    Writes only what is missing (the tracking server was down, or the driver was killed
+    between a result and its logging) and returns how many runs it mended."""
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    mended = 0
+    for record in records:
+        run_id = trial_run(client, parent_run_id, record.trial_id)
+        status = client.get_run(run_id).info.status if run_id else None
+        if run_id is None:
+            run_id = client.create_run(experiment_id, run_name=f"run_trial_{record.trial_id}", tags={
+                "mlflow.parentRunId": parent_run_id, "kind": "trial",
+                TRIAL_ID: record.trial_id}).info.run_id
+            client.log_batch(run_id, params=[Param(k, str(v)) for k, v in record.config.items()])
+        logged = {m.step for m in client.get_metric_history(run_id, METRIC)}
+        missing = [metric for _, row in record.history.iterrows()
+                   if int(row["training_iteration"]) not in logged
+                   for metric in epoch_metrics(row)]
+        for start in range(0, len(missing), 1000):  # MLflow's limit per batch
+            client.log_batch(run_id, metrics=missing[start:start + 1000])
+        if status in (None, "RUNNING"):
+            client.set_tag(run_id, "stopped_early", str(record.stopped_early).lower())
+            if record.error:
+                client.set_tag(run_id, "error", record.error)
+            client.set_terminated(run_id, "FAILED" if record.error else "FINISHED")
+        mended += bool(status in (None, "RUNNING") or missing)
+    return mended
 
 
 def start_parent_run(client: MlflowClient, experiment: str, run_name: str,
@@ -55,6 +98,12 @@ class TrialRunLogger(MLflowLoggerCallback):
         self._ended: set[str] = set()
         self._node: dict[str, str] = {}  # trial id -> the node last tagged on its run
 
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        # log where the driver logs: a search resumed with another --tracking-uri (the server
+        # came back elsewhere) restores this callback as pickled, with the old address
+        self.tracking_uri = mlflow.get_tracking_uri()
+        super().setup(*args, **kwargs)
+
     def log_trial_start(self, trial: Any) -> None:
         if trial not in self._trial_runs:
             client = MlflowClient(self.tracking_uri)
@@ -79,13 +128,13 @@ class TrialRunLogger(MLflowLoggerCallback):
                 client.set_tag(run_id, "last_failure", _last_line(trial.error_file))
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        # one request, to this run or an error: Ray's own helper logs to a new run when it
+        # cannot see this one (the server being down, for one)
         run_id = self._trial_runs[trial]
-        metrics = {name: result[name] for name in METRICS if name in result}
-        self.mlflow_util.log_metrics(run_id=run_id, metrics_to_log=metrics,
-                                     step=result["training_iteration"])
+        client = MlflowClient(self.tracking_uri)
+        client.log_batch(run_id, metrics=epoch_metrics(result))
         node = result.get("node_id")
         if node and self._node.get(trial.trial_id) != node:  # where it runs (a retry may move)
-            client = MlflowClient(self.tracking_uri)
             client.set_tag(run_id, "ray_node_id", node)
             client.set_tag(run_id, "node_ip", result.get("node_ip", ""))
             self._node[trial.trial_id] = node

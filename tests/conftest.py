@@ -86,6 +86,48 @@ def write_class_folders(root: Path, n_per_class: int, seed: int = 0,
     return root
 
 
+STEADY_SPACE = """
+# trials that run all their epochs (no early stops), for the fault and cluster tests
+name: faults
+seed: 1
+data:
+  root: {root}
+  train: .
+  validation: 0.25
+  test: 0.25
+  classes: [circle, square, stripes]
+  color_mode: rgb
+  cache_dir: {cache}
+model:
+  image_size: 12
+  conv_blocks: 1
+  conv_filters: {{type: choice, choices: [4, 8]}}
+  dense_layers: 1
+  dense_units: {{type: choice, choices: {dense_units}}}
+train:
+  optimizer: adam
+  learning_rate: {{type: loguniform, low: 0.001, high: 0.03}}
+  epochs: {epochs}
+  batch_size: 8
+search:
+  num_samples: {num_samples}
+  max_concurrent: 2
+  resources: {{cpu: 1}}
+  asha: {{max_epochs: {epochs}, grace_period: {epochs}}}  # no early stops: every trial runs out
+{baselines}
+"""
+
+
+def write_space(folder: Path, *, num_samples: int, epochs: int, dense_units: str = "[8, 16]",
+                baselines: str = "") -> Path:
+    """The steady space's file (experiment `faults`) and its data under `folder`."""
+    root = write_class_folders(folder / "data", 16)
+    path = folder / "faults.yaml"
+    path.write_text(STEADY_SPACE.format(root=root, cache=folder / "cache", num_samples=num_samples,
+                                 epochs=epochs, dense_units=dense_units, baselines=baselines))
+    return path
+
+
 @pytest.fixture
 def image_tree(tmp_path: Path) -> Path:
     """Three classes of 12 PNGs each, plus one corrupt JPEG and one text file."""
@@ -111,7 +153,8 @@ def tiny_space_file(tmp_path: Path) -> callable:
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
-    ray.init(num_cpus=2, include_dashboard=False,
+    # "local": a new cluster for the tests, never one a `ray start` left on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
              runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
     yield ray
     ray.shutdown()
@@ -159,20 +202,35 @@ def wait_for_server(url: str, process: subprocess.Popen, log: Path, timeout_s: f
             time.sleep(0.5)
 
 
-@contextlib.contextmanager
-def running_mlflow_server(store_uri: str, folder: Path, log: Path, port: int | None = None):
-    """A real `mlflow server` on `store_uri` (artifacts under `folder`), on localhost; its URL.
-    Stopped by its process group id (the server's workers are in its group)."""
+def start_mlflow_server(store_uri: str, folder: Path, log: Path,
+                        port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on `store_uri` (artifacts under `folder`), on localhost, in its
+    own process group; the process and its URL, once it answers."""
     port = port or free_port()
     with log.open("a") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri,
              "--host", "127.0.0.1", "--port", str(port)],
             cwd=folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_for_server(url, server, log)
-            yield url
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_server(url, server, log)
+    except BaseException:
+        stop_mlflow_server(server)
+        raise
+    return server, url
+
+
+def stop_mlflow_server(server: subprocess.Popen) -> None:
+    """Stop the server by its process group id (its workers are in the group)."""
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def running_mlflow_server(store_uri: str, folder: Path, log: Path):
+    server, url = start_mlflow_server(store_uri, folder, log)
+    try:
+        yield url
+    finally:
+        stop_mlflow_server(server)

@@ -4,16 +4,18 @@ real multi-node Ray cluster logging to a real MLflow tracking server."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port, running_mlflow_server, write_tiny_space
+from conftest import free_port, running_mlflow_server, write_space
 from mlflow.tracking import MlflowClient
 from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -60,7 +62,10 @@ def two_node_cluster(tmp_path: Path):
     Each node is stopped by its process group id."""
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
     address = f"127.0.0.1:{free_port()}"
-    common = ["--num-cpus=1", "--disable-usage-stats", "--block"]
+    # its own temp dir (short: it holds sockets), so no `ray_current_cluster` file is left in
+    # /tmp/ray for a later plain ray.init() to find
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    common = ["--num-cpus=1", "--disable-usage-stats", "--block", f"--temp-dir={temp}"]
     nodes = []
     try:
         for args in (["--head", f"--port={address.split(':')[1]}",
@@ -75,6 +80,7 @@ def two_node_cluster(tmp_path: Path):
         for node in nodes:
             os.killpg(node.pid, signal.SIGKILL)
             node.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _wait_for_nodes(address: str, env: dict, count: int, timeout_s: float = 120) -> None:
@@ -93,7 +99,8 @@ def _wait_for_nodes(address: str, env: dict, count: int, timeout_s: float = 120)
 def test_search_on_a_two_node_cluster_logs_to_a_tracking_server(two_node_cluster,
                                                                 tmp_path: Path):
     address, env = two_node_cluster
-    space = write_tiny_space(tmp_path, num_samples=4)
+    # trials long enough that the second node's worker is up before the first runs them all
+    space = write_space(tmp_path, num_samples=4, epochs=20)
     with running_mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path,
                                tmp_path / "mlflow.log") as url:
         done = subprocess.run(
@@ -102,7 +109,7 @@ def test_search_on_a_two_node_cluster_logs_to_a_tracking_server(two_node_cluster
             env=env, cwd=tmp_path, check=False, capture_output=True, text=True, timeout=500)
         assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
         client = MlflowClient(url)
-        runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+        runs = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
     trials = [r for r in runs if r.data.tags.get("kind") == "trial"]
     assert len(trials) == 4 and len(runs) == 5
     nodes = {r.data.tags.get("ray_node_id") for r in trials} - {None}

@@ -15,50 +15,11 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-from conftest import free_port, write_class_folders
+from conftest import free_port, start_mlflow_server, stop_mlflow_server, write_space
 from mlflow.tracking import MlflowClient
 
 from search.folder import SearchFolder
 from search.run import main
-
-SPACE = """
-name: faults
-seed: 1
-data:
-  root: {root}
-  train: .
-  validation: 0.25
-  test: 0.25
-  classes: [circle, square, stripes]
-  color_mode: rgb
-  cache_dir: {cache}
-model:
-  image_size: 12
-  conv_blocks: 1
-  conv_filters: {{type: choice, choices: [4, 8]}}
-  dense_layers: 1
-  dense_units: {{type: choice, choices: {dense_units}}}
-train:
-  optimizer: adam
-  learning_rate: {{type: loguniform, low: 0.001, high: 0.03}}
-  epochs: {epochs}
-  batch_size: 8
-search:
-  num_samples: {num_samples}
-  max_concurrent: 2
-  resources: {{cpu: 1}}
-  asha: {{max_epochs: {epochs}, grace_period: {epochs}}}  # no early stops: every trial runs out
-{baselines}
-"""
-
-
-def write_space(folder: Path, *, num_samples: int, epochs: int, dense_units: str = "[8, 16]",
-                baselines: str = "") -> Path:
-    root = write_class_folders(folder / "data", 16)
-    path = folder / "faults.yaml"
-    path.write_text(SPACE.format(root=root, cache=folder / "cache", num_samples=num_samples,
-                                 epochs=epochs, dense_units=dense_units, baselines=baselines))
-    return path
 
 
 def results(storage: Path) -> dict[str, list[dict]]:
@@ -208,3 +169,43 @@ def test_killed_driver_resumes_then_the_finished_search_extends(ray_local, tmp_p
     assert {t.user_attrs["ray_trial_id"] for t in study.trials} == \
         {r.data.tags["trial_id"] for r in children}
     assert len(pd.read_parquet(folder.results_path)) == 6
+
+
+def test_tracking_server_lost_mid_search_stops_cleanly_and_resume_writes_the_rest(
+        ray_local, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    store, storage, log = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "ray", \
+        tmp_path / "mlflow.log"
+    space = write_space(tmp_path, num_samples=3, epochs=6)
+    server, url = start_mlflow_server(store, tmp_path, log)
+    # the driver gives up on the server at once (by default MLflow retries for ~4 minutes,
+    # which rides out a short outage with nothing lost)
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    try:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "search.run", str(space), "--tracking-uri", url,
+             "--storage-path", str(storage)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not results(storage) and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.01)
+    finally:
+        stop_mlflow_server(server)
+    out = driver.communicate(timeout=300)[0]
+    assert driver.returncode == 1, out[-3000:]
+    assert "--resume" in out and "Traceback" not in out, out[-3000:]
+
+    server, url = start_mlflow_server(store, tmp_path, log)
+    try:
+        assert main([str(space), "--tracking-uri", url, "--storage-path", str(storage),
+                     "--resume"]) == 0, capsys.readouterr()
+        parents, children = trial_runs(url, "faults")
+        epochs = {t: [row["epoch"] for row in rows] for t, rows in results(storage).items()}
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert len(children) == 3 and len(epochs) == 3
+        for run in children:
+            assert run.info.status == "FINISHED"
+            assert steps(url, run.info.run_id) == epochs[run.data.tags["trial_id"]] \
+                == list(range(1, 7))
+    finally:
+        stop_mlflow_server(server)

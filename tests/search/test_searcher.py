@@ -10,7 +10,7 @@ import optuna
 from ray import cloudpickle, tune
 
 from search.objective import METRIC
-from search.searcher import PruningOptunaSearch, RecordingASHA
+from search.searcher import PruningOptunaSearch, RecordingASHA, tpe_startup_trials
 
 EPOCHS = 6
 # Ray workers cannot import a test module: ship its functions by value.
@@ -50,3 +50,7 @@ def test_trials_stopped_by_asha_are_pruned_in_the_study(ray_local, tmp_path: Pat
     for trial in complete:  # ran every epoch; ASHA's STOP at max_t is not a prune
         assert len(trial.intermediate_values) == EPOCHS
         assert trial.value == trial.intermediate_values[EPOCHS]
+
+
+def test_tpe_models_after_a_third_of_the_search_two_to_ten_trials() -> None:
+    assert [tpe_startup_trials(n) for n in (1, 8, 12, 30, 200)] == [2, 2, 4, 10, 10]

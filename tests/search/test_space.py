@@ -48,6 +48,7 @@ def test_parses_distributions_and_defaults(tmp_path: Path) -> None:
     assert space.params["learning_rate"] == FloatRange(1e-4, 1e-2, log=True)
     assert space.params["optimizer"] == Fixed("adam")
     assert space.data.root.is_absolute()
+    assert space.search.max_failures == 2 and space.search.startup_trials is None
 
 
 @pytest.mark.parametrize("changes, where, rule", [
@@ -69,6 +70,8 @@ def test_parses_distributions_and_defaults(tmp_path: Path) -> None:
     ({"search.asha.grace_period": 9, "search.asha.max_epochs": 3}, "search.asha.grace_period",
      "must be <= max_epochs"),
     ({"search.resources.gpu": 1.5}, "search.resources.gpu", "must be whole"),
+    ({"search.max_failures": -1}, "search.max_failures", "must lie in [0"),
+    ({"search.startup_trials": 0}, "search.startup_trials", "must lie in [1"),
     ({"data.validation": 0.6, "data.test": 0.5}, "data", "sum to < 1"),
     ({"data.train": {"path": "x", "pattern": "^cat"}}, "data.train.pattern", "exactly one"),
     ({"data.classes": ["a"]}, "data.classes", "two or more"),
