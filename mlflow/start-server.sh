@@ -10,4 +10,5 @@ mkdir -p "$STORE/artifacts"
 exec mlflow server \
   --backend-store-uri "${MLFLOW_BACKEND_URI:-sqlite:///$STORE/mlflow.db}" \
   --artifacts-destination "${MLFLOW_ARTIFACTS:-$STORE/artifacts}" \
-  --host "${MLFLOW_HOST:-127.0.0.1}" --port "${MLFLOW_PORT:-5000}"
+  --host "${MLFLOW_HOST:-127.0.0.1}" --port "${MLFLOW_PORT:-5000}" \
+  ${MLFLOW_APP_NAME:+--app-name "$MLFLOW_APP_NAME"}

@@ -202,6 +202,7 @@ def _new_part(space: Space, options: Options, folder: SearchFolder, trainable: A
     # Tune snapshots its state at every checkpoint because we keep one per trial; on small
     # data that is every second or two, and it warns each time (the snapshot takes ~10 ms)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its reporter prints a banner at verbose=0
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
@@ -288,6 +289,7 @@ def _evaluate_and_register(space: Space, listing: Listing, result: Any, trial_id
                     f"{split}_confusion_matrix.png")
     for cls in listing.classes:
         client.log_metric(run_id, f"{split}_f1_{cls}", test["report"][cls]["f1-score"])
+    trial_end = client.get_run(run_id).info
     with mlflow.start_run(run_id=run_id):
         info = mlflow.tensorflow.log_model(
             model, name="model", registered_model_name=space.name,
@@ -295,6 +297,8 @@ def _evaluate_and_register(space: Space, listing: Listing, result: Any, trial_id
             metadata={"classes": list(listing.classes), "image_size": config.image_size,
                       "color_mode": space.data.color_mode, "space": space.name,
                       "trial_config": json.dumps(result.config, default=str)})
+    # leaving start_run() stamps the run as ending now: keep the trial's own end (its duration)
+    client.set_terminated(run_id, trial_end.status, end_time=trial_end.end_time)
     version = info.registered_model_version
     client.set_tag(parent, "registered_model", f"models:/{space.name}/{version}")
     client.set_tag(parent, "best_trial_id", trial_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port, running_mlflow_server, write_space
+from conftest import free_port, running_mlflow_server, wait_for_server, write_space
 from mlflow.tracking import MlflowClient
 from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -71,7 +71,8 @@ def two_node_cluster(tmp_path: Path):
         for args in (["--head", f"--port={address.split(':')[1]}",
                       "--include-dashboard=false"], [f"--address={address}"]):
             nodes.append(subprocess.Popen(
-                ["ray", "start", *args, *common], env=env, start_new_session=True,
+                [sys.executable, "-m", "ray.scripts.scripts", "start", *args, *common],
+                env=env, start_new_session=True,
                 stdout=(tmp_path / f"node{len(nodes)}.log").open("w"),
                 stderr=subprocess.STDOUT))
             _wait_for_nodes(address, env, len(nodes))
@@ -116,3 +117,37 @@ def test_search_on_a_two_node_cluster_logs_to_a_tracking_server(two_node_cluster
     assert len(nodes) == 2, nodes  # trials ran on the head and on the worker
     parent = next(r for r in runs if r.data.tags.get("kind") == "search")
     assert parent.info.status == "FINISHED" and "registered_model" in parent.data.tags
+
+
+def test_tracking_server_script_serves_on_localhost_only(tmp_path: Path):
+    """mlflow/start-server.sh: a real server on its own store, bound to 127.0.0.1."""
+    port = free_port()
+    script = Path(__file__).resolve().parents[1] / "mlflow" / "start-server.sh"
+    env = {**os.environ, "MLFLOW_STORE": str(tmp_path / "store"), "MLFLOW_PORT": str(port)}
+    env.pop("MLFLOW_HOST", None)
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(["bash", str(script)], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_server(f"http://127.0.0.1:{port}", server, log)
+        assert _listening_addresses(port) == {"127.0.0.1"}
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        run = client.create_run(client.create_experiment("probe"))
+        client.log_text(run.info.run_id, "kept", "note.txt")  # artifacts go to its store
+        assert (tmp_path / "store" / "mlflow.db").exists()
+        assert list((tmp_path / "store" / "artifacts").rglob("note.txt"))
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses with a socket listening on `port` (Linux's /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
