@@ -33,6 +33,7 @@ from search.searcher import (
     EpochBudget,
     PruningOptunaSearch,
     RecordingASHA,
+    fail_orphans,
     pruned_trial_ids,
     tpe_startup_trials,
 )
@@ -100,6 +101,7 @@ def run_search(space: Space, options: Options) -> Outcome:
         pairs = [(record, result) for grid in done
                  for record, result in zip(records_from_grid(grid, pruned_trial_ids(study)), grid)]
         records = [record for record, _ in pairs]
+        fail_orphans(study, {record.trial_id for record in records})
         mended = mend_trial_runs(client, parent, records)
         if mended:
             print(f"wrote what MLflow had missed of {mended} trial(s), from Ray's results")
@@ -148,6 +150,7 @@ def _new_folder(client: MlflowClient, storage: Path, space: Space, listing: List
 def _resumed_folder(client: MlflowClient, storage: Path, space: Space) -> SearchFolder:
     """The newest search of the space, its parent run reopened."""
     folder = SearchFolder.latest(storage, space.name)
+    folder.clear_stale_lock()  # only this driver resumes it
     try:
         client.update_run(folder.parent_run_id, status="RUNNING")
     except MlflowException:

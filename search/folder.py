@@ -52,6 +52,11 @@ class SearchFolder:
         the one driver that writes it, survives the driver being killed)."""
         return JournalStorage(JournalFileBackend(str(self.path / "optuna.journal")))
 
+    def clear_stale_lock(self) -> None:
+        """A driver killed while writing the journal leaves its lock behind, and Optuna would
+        wait 30 s before breaking it. Call only where no other driver can run this search."""
+        (self.path / "optuna.journal.lock").unlink(missing_ok=True)
+
     def load_study(self) -> optuna.Study:
         return optuna.load_study(study_name=STUDY_NAME, storage=self.study_storage())
 

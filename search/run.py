@@ -23,6 +23,7 @@ from search.folder import ResumeError
 from search.server import TrackingError
 from search.space import Space, SpaceError, load_space
 from trainables.data import DataError
+from trainables.files import location
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, help="number of trials (overrides the space)")
     p.add_argument("--max-epochs", type=int, help="ASHA's max epochs per trial (overrides)")
     p.add_argument("--seed", type=int, help="seed for sampler, data split and Keras (overrides)")
-    p.add_argument("--data-root", help="folder holding the space's data (overrides data.root)")
+    p.add_argument("--data-root", help="folder (or gs:// URI) holding the space's data "
+                   "(overrides data.root)")
     add_tracking_uri(p)
     p.add_argument("--storage-path", default="ray_results",
                    help="where Ray Tune keeps trials, checkpoints and results.parquet")
@@ -61,7 +63,7 @@ def with_overrides(space: Space, args: argparse.Namespace) -> Space:
     if args.seed is not None:
         seed = args.seed
     if args.data_root is not None:
-        data = dataclasses.replace(data, root=Path(args.data_root).expanduser().absolute())
+        data = dataclasses.replace(data, root=location(args.data_root))
     baselines = {n: b.replace(seed=seed) for n, b in space.baselines.items()}
     return dataclasses.replace(space, search=search, seed=seed, data=data, baselines=baselines)
 

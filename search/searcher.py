@@ -111,3 +111,13 @@ def tpe_startup_trials(num_samples: int) -> int:
     """Random trials before TPE starts modelling: a third of the search, 2 to 10. Optuna's
     default of 10 makes any search of 10 trials or fewer a random search."""
     return max(2, min(10, num_samples // 3))
+
+
+def fail_orphans(study: optuna.Study, ray_trial_ids: set[str]) -> int:
+    """Mark FAIL the study's RUNNING trials that no Ray trial ran: asked for just before the
+    driver was killed, after Tune's last snapshot, so the resumed search never knew them."""
+    orphans = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING
+               and t.user_attrs.get(RAY_TRIAL_ID) not in ray_trial_ids]
+    for trial in orphans:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return len(orphans)

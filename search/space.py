@@ -18,6 +18,7 @@ import yaml
 
 from trainables.config import KEYS, SECTIONS, Key, TrialConfig
 from trainables.data import DataSpec, SplitSource
+from trainables.files import location
 
 
 class SpaceError(ValueError):
@@ -291,7 +292,7 @@ def _data(reader: _Reader, raw: Any) -> DataSpec:
     cache_dir = d.get("cache_dir")
     return DataSpec(
         # absolute now: trial processes run in other working directories
-        root=Path(os.path.expandvars(os.path.expanduser(d["root"]))).absolute(),
+        root=location(d["root"]),
         train=train, validation=validation, test=test,  # type: ignore[arg-type]
         classes=tuple(classes) if classes else None, color_mode=color_mode,
         generate=generate, cache_dir=Path(cache_dir).expanduser() if cache_dir else None,

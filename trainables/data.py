@@ -6,17 +6,20 @@ Three layouts, as the reports met them, all expressed by `DataSpec`:
   (`validation: 0.15`, `test: 0.15` carve those shares out of `train`);
 - a flat folder whose file names carry the class (`{path: train, pattern: '^(cat|dog)\\.'}`).
 Layouts mix per split (rock-paper-scissors: class folders for train and test, a flat
-validation folder).
+validation folder). The root is a local folder or a URI TensorFlow reads (see `files`).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from sklearn.model_selection import train_test_split
+
+from trainables import files
+from trainables.files import Location
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 SPLITS = ("train", "validation", "test")
@@ -37,7 +40,7 @@ class SplitSource:
 
 @dataclass(frozen=True)
 class DataSpec:
-    root: Path
+    root: Location  # a local folder, or a URI TensorFlow reads (gs://...)
     train: SplitSource
     validation: SplitSource | float
     test: SplitSource | float | None
@@ -75,25 +78,26 @@ class Listing:
         ]
 
 
-def _scan(folder: Path, source: SplitSource) -> tuple[list[tuple[str, str]], int]:
+def _scan(folder: Location, source: SplitSource) -> tuple[list[tuple[str, str]], int]:
     """(file, class name) pairs in one split folder, and how many files were ignored."""
-    if not folder.is_dir():
+    if not files.is_dir(folder):
         raise DataError(f"data folder {folder} does not exist")
     found: list[tuple[str, str]] = []
     ignored = 0
+    class_dirs, flat = files.entries(folder)
     if source.pattern is not None:
         regex = re.compile(source.pattern)
-        for path in sorted(p for p in folder.iterdir() if p.is_file()):
-            match = regex.search(path.name)
-            if path.suffix.lower() in IMAGE_SUFFIXES and match:
-                found.append((str(path), match.group(1)))
+        for name in flat:
+            match = regex.search(name)
+            if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES and match:
+                found.append((str(files.join(folder, name)), match.group(1)))
             else:
                 ignored += 1
         return found, ignored
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                found.append((str(path), class_dir.name))
+    for class_name in class_dirs:
+        for path in files.files_below(files.join(folder, class_name)):
+            if PurePosixPath(path).suffix.lower() in IMAGE_SUFFIXES:
+                found.append((path, class_name))
             else:
                 ignored += 1
     return found, ignored
@@ -101,21 +105,21 @@ def _scan(folder: Path, source: SplitSource) -> tuple[list[tuple[str, str]], int
 
 def list_images(spec: DataSpec, seed: int) -> Listing:
     """List every split's files and labels. Raises `DataError` if the data cannot be used."""
-    if not spec.root.is_dir():
+    if not files.is_dir(spec.root):
         raise DataError(f"data folder {spec.root} does not exist")
     scanned: dict[str, list[tuple[str, str]]] = {}
     ignored = 0
     for name in SPLITS:
         source = getattr(spec, name)
         if isinstance(source, SplitSource):
-            scanned[name], n_ignored = _scan(spec.root / source.path, source)
+            scanned[name], n_ignored = _scan(files.join(spec.root, str(source.path)), source)
             ignored += n_ignored
     if not scanned["train"]:
-        raise DataError(f"no images found in {spec.root / spec.train.path}")
+        raise DataError(f"no images found in {files.join(spec.root, str(spec.train.path))}")
     classes = spec.classes or tuple(sorted({cls for _, cls in scanned["train"]}))
     if len(classes) < 2:
         raise DataError(f"need at least 2 classes, found {list(classes)} in "
-                        f"{spec.root / spec.train.path}")
+                        f"{files.join(spec.root, str(spec.train.path))}")
     index = {cls: i for i, cls in enumerate(classes)}
     splits: dict[str, Split] = {}
     for name, pairs in scanned.items():

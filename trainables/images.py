@@ -9,6 +9,7 @@ later search on the same data decodes nothing. Unreadable images are skipped and
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from trainables import files
 from trainables.data import Split
 
 DEFAULT_CACHE = Path(os.environ.get("KERAS_SEARCH_CACHE", Path.home() / ".cache" / "keras-search"))
@@ -37,7 +39,7 @@ class Arrays:
 def decode(path: str, size: int, color_mode: str) -> np.ndarray | None:
     """One image as a uint8 (size, size, channels) array, or None if it cannot be read."""
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(files.read_bytes(path)) if files.is_uri(path) else path) as img:
             img = img.convert("L" if color_mode == "grayscale" else "RGB")
             img = img.resize((size, size), Image.Resampling.BILINEAR)
             array = np.asarray(img, dtype=np.uint8)
@@ -49,8 +51,8 @@ def decode(path: str, size: int, color_mode: str) -> np.ndarray | None:
 def _key(split: Split, size: int, color_mode: str) -> str:
     digest = hashlib.sha256(f"{size}|{color_mode}".encode())
     for name in split.files:
-        stat = os.stat(name)
-        digest.update(f"|{name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        size_bytes, mtime_ns = files.signature(name)
+        digest.update(f"|{name}|{size_bytes}|{mtime_ns}".encode())
     return digest.hexdigest()[:24]
 
 

@@ -10,7 +10,13 @@ import optuna
 from ray import cloudpickle, tune
 
 from search.objective import METRIC
-from search.searcher import PruningOptunaSearch, RecordingASHA, tpe_startup_trials
+from search.searcher import (
+    RAY_TRIAL_ID,
+    PruningOptunaSearch,
+    RecordingASHA,
+    fail_orphans,
+    tpe_startup_trials,
+)
 
 EPOCHS = 6
 # Ray workers cannot import a test module: ship its functions by value.
@@ -54,3 +60,12 @@ def test_trials_stopped_by_asha_are_pruned_in_the_study(ray_local, tmp_path: Pat
 
 def test_tpe_models_after_a_third_of_the_search_two_to_ten_trials() -> None:
     assert [tpe_startup_trials(n) for n in (1, 8, 12, 30, 200)] == [2, 2, 4, 10, 10]
+
+
+def test_study_trials_no_ray_trial_ran_are_failed_not_left_running() -> None:
+    study = optuna.create_study()
+    ran, orphan = study.ask(), study.ask()
+    ran.set_user_attr(RAY_TRIAL_ID, "a")
+    orphan.set_user_attr(RAY_TRIAL_ID, "b")  # asked, then the driver was killed
+    assert fail_orphans(study, {"a"}) == 1
+    assert [t.state.name for t in study.trials] == ["RUNNING", "FAIL"]

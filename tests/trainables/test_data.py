@@ -90,3 +90,27 @@ def test_decoded_once_cached_and_corrupt_files_skipped(image_tree: Path, tmp_pat
     np.testing.assert_array_equal(again.images, arrays.images)
     gray = load_arrays(train, 8, "grayscale", cache)
     assert gray.images.shape[1:] == (8, 8, 1)
+
+
+def test_a_uri_root_is_read_through_tensorflow(image_tree: Path, tmp_path: Path) -> None:
+    """The same tree copied to TensorFlow's in-memory file system (`ram://`, as a bucket's
+    `gs://` would be read): the same listing, labels and pixels as from the local folder."""
+    import tensorflow as tf
+
+    uri = f"ram://{tmp_path.name}/images"
+    for path in sorted(image_tree.rglob("*")):
+        if path.is_file():
+            target = f"{uri}/{path.relative_to(image_tree).as_posix()}"
+            tf.io.gfile.makedirs(target.rsplit("/", 1)[0])
+            tf.io.gfile.copy(str(path), target)
+    local, remote = list_images(spec(image_tree), seed=1), list_images(spec(uri), seed=1)
+    assert remote.classes == local.classes and remote.ignored == local.ignored
+    for name, split in local.splits.items():
+        assert [f.removeprefix(uri) for f in remote.splits[name].files] == \
+            [f.removeprefix(str(image_tree)) for f in split.files]
+        assert np.array_equal(remote.splits[name].labels, split.labels)
+    a = load_arrays(local.splits["train"], 12, "rgb", tmp_path / "cache-local")
+    b = load_arrays(remote.splits["train"], 12, "rgb", tmp_path / "cache-remote")
+    assert np.array_equal(a.images, b.images) and len(b.skipped) == 1  # broken.jpg
+    with pytest.raises(DataError, match="does not exist"):
+        list_images(spec(f"{uri}-missing"), seed=1)

@@ -1,0 +1,79 @@
+"""Where images are read from: a local folder, or a URI that TensorFlow's file systems read
+(`gs://` built in; `s3://`, `hdfs://` with tensorflow-io; `ram://` in tests), so a cluster can
+read its data straight from a bucket. Local paths never import TensorFlow."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+Location = Path | str  # a local Path, or a URI string
+
+
+def is_uri(location: Location) -> bool:
+    return isinstance(location, str) and "://" in location
+
+
+def location(text: str) -> Location:
+    """A space file's path: a URI as it is, else an absolute local path."""
+    return text if "://" in text else Path(os.path.expandvars(os.path.expanduser(text))).absolute()
+
+
+def join(base: Location, *parts: str) -> Location:
+    if is_uri(base):
+        return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts if p != ".")])
+    return Path(base).joinpath(*parts)
+
+
+def _gfile() -> Any:
+    import tensorflow as tf  # only for URIs: listing local data stays light
+
+    return tf.io.gfile
+
+
+def is_dir(folder: Location) -> bool:
+    return _gfile().isdir(folder) if is_uri(folder) else Path(folder).is_dir()
+
+
+def entries(folder: Location) -> tuple[list[str], list[str]]:
+    """Sorted names of the sub-folders and of the files directly in `folder`."""
+    if is_uri(folder):
+        gfile = _gfile()
+        names = [n.rstrip("/") for n in gfile.listdir(folder)]
+        dirs = [n for n in names if gfile.isdir(join(folder, n))]
+        return sorted(dirs), sorted(set(names) - set(dirs))
+    children = list(Path(folder).iterdir())
+    return (sorted(p.name for p in children if p.is_dir()),
+            sorted(p.name for p in children if p.is_file()))
+
+
+def files_below(folder: Location) -> Iterator[str]:
+    """Every file under `folder`, at any depth, in sorted order."""
+    if is_uri(folder):
+        for top, _, names in sorted(_gfile().walk(folder)):
+            yield from (join(top, n) for n in sorted(names))
+    else:
+        yield from (str(p) for p in sorted(Path(folder).rglob("*")) if p.is_file())
+
+
+def signature(path: str) -> tuple[int, int]:
+    """(size in bytes, modification time in ns): enough to see a file changed."""
+    if is_uri(path):
+        stat = _gfile().stat(path)
+        return stat.length, stat.mtime_nsec
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+def read_bytes(path: str) -> bytes:
+    if is_uri(path):
+        import tensorflow as tf
+
+        try:
+            with tf.io.gfile.GFile(path, "rb") as f:
+                return f.read()
+        except tf.errors.OpError as exc:  # not an OSError: make it one, as a local read's
+            raise OSError(f"cannot read {path}: {exc.message}") from exc
+    return Path(path).read_bytes()
