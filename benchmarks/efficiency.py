@@ -68,6 +68,15 @@ def compute_to_match(ours: pd.DataFrame, target: float, budget: int) -> float:
     return float(reached["epochs"].iloc[0] / budget) if len(reached) else float("inf")
 
 
+def curve_table(curves: list, marks: list[int]) -> pd.DataFrame:
+    """Best validation accuracy against compute: for each space and method, the median over
+    seeds of the best reached within each number of epochs in `marks`."""
+    rows = [{"space": space, "method": method, "seed": seed,
+             **{m: points.loc[points["epochs"] <= m, "best"].max() for m in marks}}
+            for space, seed, method, points in curves]
+    return pd.DataFrame(rows).groupby(["space", "method"])[marks].median()
+
+
 def run(spaces: list[Space], seeds: list[int], budget: int) -> tuple[pd.DataFrame, list]:
     """Every method on every space and seed. Returns the runs table and the curves."""
     rows, curves = [], []

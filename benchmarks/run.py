@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     shapes = load_space(HERE / "shapes.yaml")
     write_shapes(shapes.data.root)
     # quick: one seed of the slower shapes set, to stay under 20 minutes
-    table = pd.concat([efficiency.run([digits], seeds, budget=48)[0],
-                       efficiency.run([shapes], seeds if not args.quick else seeds[:1],
-                                      budget=48)[0]], ignore_index=True)
+    runs = [efficiency.run([digits], seeds, budget=48),
+            efficiency.run([shapes], seeds if not args.quick else seeds[:1], budget=48)]
+    table = pd.concat([t for t, _ in runs], ignore_index=True)
     summary = table.groupby(["space", "method"]).agg(
         best_val_median=("best_val_accuracy", "median"),
         best_val_min=("best_val_accuracy", "min"), best_val_max=("best_val_accuracy", "max"),
@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         test_max=("test_accuracy", "max"), epochs=("epochs", "median"),
         wall_s=("wall_s", "median"))
     print(summary.round(4).to_string())
+    print("\nbest val_accuracy against epochs spent (median over seeds):")
+    print(efficiency.curve_table([c for _, cs in runs for c in cs],
+                                 [8, 16, 24, 32, 40, 48]).round(4).to_string())
     match = table["compute_to_match_random"].dropna()
     print("epochs TPE+ASHA took to reach random search's best, as a share of random's: "
           + ", ".join(f"{v:.2f}" for v in match))
