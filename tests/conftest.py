@@ -21,10 +21,9 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-TINY_SPACE = """
-name: tiny
-seed: 3
-data:
+# the test spaces' data: three classes of small pictures (write_class_folders), split
+# 50/25/25; {root} and {cache} are formatted in with the rest of each space
+DATA = """data:
   root: {root}
   train: .
   validation: 0.25
@@ -32,7 +31,12 @@ data:
   classes: [circle, square, stripes]
   color_mode: rgb
   cache_dir: {cache}
-model:
+"""
+
+TINY_SPACE = """
+name: tiny
+seed: 3
+""" + DATA + """model:
   image_size: 12
   conv_blocks: {{type: int, low: 1, high: 2}}
   conv_filters: {{type: choice, choices: [4, 8]}}
@@ -90,15 +94,7 @@ STEADY_SPACE = """
 # trials that run all their epochs (no early stops), for the fault and cluster tests
 name: faults
 seed: 1
-data:
-  root: {root}
-  train: .
-  validation: 0.25
-  test: 0.25
-  classes: [circle, square, stripes]
-  color_mode: rgb
-  cache_dir: {cache}
-model:
+""" + DATA + """model:
   image_size: 12
   conv_blocks: 1
   conv_filters: {{type: choice, choices: [4, 8]}}
