@@ -85,8 +85,9 @@ def start_parent_run(client: MlflowClient, experiment: str, run_name: str,
 
 
 class TrialRunLogger(MLflowLoggerCallback):
-    """Ray's MLflow callback with each trial a child of the parent run, epoch metrics logged
-    with `step=epoch`, and a `stopped_early` tag and metric for trials ASHA stopped."""
+    """Ray's MLflow callback with each trial a child of the parent run: epoch metrics with
+    `step=epoch`, a `stopped_early` tag and metric for trials ASHA stopped, the node a trial
+    runs on, and a `restarts` tag when Tune retries it in the same run."""
 
     def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str,
                  stopped: set[str]):
