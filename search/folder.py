@@ -40,10 +40,6 @@ class SearchFolder:
     parts: list[str] = field(default_factory=list)
 
     @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
     def results_path(self) -> Path:
         return self.path / "results.parquet"
 

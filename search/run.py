@@ -16,8 +16,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
-
 from search.cli import EXIT_BAD_INPUT, add_tracking_uri
 from search.folder import ResumeError
 from search.server import TrackingError
@@ -87,7 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     except (SpaceError, DataError, TrackingError, ResumeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except MlflowException as exc:  # the tracking server went away mid-search
+    except Exception as exc:
+        # MLflow is imported only here: it takes a second, and every command starts here
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException):
+            raise
+        # MLflow failed mid-search (its server went away, say): the search can be resumed
         print(f"error: MLflow failed mid-search: {str(exc).splitlines()[0][:300]}\n"
               f"The trials' results and checkpoints are kept under {args.storage_path}/: run "
               f"the same command with --resume once MLflow answers again; it finishes the "
