@@ -23,9 +23,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from search.checkpoints import PruneEndedTrials, best_checkpoint
 from search.evaluation import confusion_figure, curves_figure, evaluate, predicted_classes
 from search.folder import STUDY_NAME, ResumeError, SearchFolder
-from search.objective import METRIC, MODE
+from search.objective import METRIC
 from search.progress import ProgressCallback
 from search.results import best_trial, records_from_grid, results_table
 from search.sampling import DefineByRun
@@ -167,6 +168,7 @@ def _run_parts(space: Space, listing: Listing, options: Options,
     was killed during it, then a new part with the trials still to run (all of them, for a
     new search; the difference, when --num-samples raises a finished search's count)."""
     _ray_init(options.address)  # before with_parameters, which puts the data in Ray's store
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its reporter prints a banner at verbose=0
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, space=space, listing=listing),
         {"cpu": space.search.resources.cpu, "gpu": space.search.resources.gpu})
@@ -202,10 +204,6 @@ def _new_part(space: Space, options: Options, folder: SearchFolder, trainable: A
         storage=folder.study_storage(), study_name=STUDY_NAME)
     logger = TrialRunLogger(options.tracking_uri, space.name, folder.parent_run_id,
                             scheduler.stopped)
-    # Tune snapshots its state at every checkpoint because we keep one per trial; on small
-    # data that is every second or two, and it warns each time (the snapshot takes ~10 ms)
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its reporter prints a banner at verbose=0
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
@@ -218,10 +216,9 @@ def _new_part(space: Space, options: Options, folder: SearchFolder, trainable: A
             name=part, storage_path=str(folder.path),
             stop=EpochBudget(options.epoch_budget) if options.epoch_budget else None,
             # our progress line replaces Tune's status tables
-            callbacks=[logger, ProgressCallback(num_samples, scheduler.stopped)], verbose=0,
-            # keep each trial's best epoch (the model we keep) and its latest (to resume)
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
+            # PruneEndedTrials keeps an ended trial's best checkpoint and its latest
+            callbacks=[logger, ProgressCallback(num_samples, scheduler.stopped),
+                       PruneEndedTrials()], verbose=0,
             # a trial whose worker died is retried from its latest checkpoint
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
         ),
@@ -247,8 +244,7 @@ def _log_overview(client: MlflowClient, parent: str, table: pd.DataFrame, record
 
 def _checkpoint(result: Any) -> tune.Checkpoint | None:
     """The trial's best-`val_accuracy` checkpoint, else its latest, else None."""
-    best = result.get_best_checkpoint(METRIC, MODE) if result.best_checkpoints else None
-    return best or result.checkpoint
+    return best_checkpoint(result.best_checkpoints) or result.checkpoint
 
 
 def _log_study(client: MlflowClient, parent: str, study: optuna.Study) -> None:

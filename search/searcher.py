@@ -9,6 +9,8 @@ intermediate values and does not rank them as finished).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -76,24 +78,38 @@ class PruningOptunaSearch(OptunaSearch):
         self._scheduler = scheduler
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        super().on_trial_result(trial_id, result)
+        if trial_id in self._completed_trials:
+            return
+        with self._unless_finished(trial_id):
+            super().on_trial_result(trial_id, result)
         self._last_step[trial_id] = result["training_iteration"]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         if trial_id in self._completed_trials:
             return
-        ot_trial = self._ot_trials[trial_id]
-        # Ray passes a result that ASHA said STOP to (a prune, or the end at max_t) to no
-        # searcher: report it here so Optuna has every epoch.
-        step = result.get("training_iteration") if result else None
-        if step is not None and METRIC in result and step != self._last_step.get(trial_id):
-            ot_trial.report(result[METRIC], step)
-        if trial_id in self._scheduler.stopped:
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+        with self._unless_finished(trial_id):
+            ot_trial = self._ot_trials[trial_id]
+            # Ray passes a result that ASHA said STOP to (a prune, or the end at max_t) to no
+            # searcher: report it here so Optuna has every epoch.
+            step = result.get("training_iteration") if result else None
+            if step is not None and METRIC in result and step != self._last_step.get(trial_id):
+                ot_trial.report(result[METRIC], step)
+            if trial_id in self._scheduler.stopped:
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+                self._completed_trials.add(trial_id)
+                return
+            super().on_trial_complete(trial_id, result, error)
+
+    @contextlib.contextmanager
+    def _unless_finished(self, trial_id: str) -> Iterator[None]:
+        """Leave the study's record of a trial that has already ended as it is: a driver
+        killed after telling Optuna a trial's end, before Tune's snapshot recorded it, has
+        Tune resume the trial for its last epochs, and Optuna refuses their values."""
+        try:
+            yield
+        except optuna.exceptions.UpdateFinishedTrialError:
             self._completed_trials.add(trial_id)
-            return
-        super().on_trial_complete(trial_id, result, error)
 
     @property
     def study(self) -> optuna.Study:

@@ -13,7 +13,8 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, Run
+from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 from mlflow.tracking import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
@@ -24,14 +25,22 @@ from trainables.train import METRICS
 TRIAL_ID = "trial_id"  # the tag that ties a child run to its Ray trial
 
 
-def trial_run(client: MlflowClient, parent_run_id: str, trial_id: str) -> str | None:
-    """The child run of `parent_run_id` that records trial `trial_id`, if there is one."""
+def trial_runs(client: MlflowClient, parent_run_id: str,
+               trial_id: str | None = None) -> dict[str, Run]:
+    """The child runs of `parent_run_id` by the Ray trial each records (only `trial_id`'s,
+    if given), in one query."""
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    runs = client.search_runs(
-        [experiment_id], max_results=1,
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
-                      f"and tags.{TRIAL_ID} = '{trial_id}'")
-    return runs[0].info.run_id if runs else None
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    if trial_id is not None:
+        query += f" and tags.{TRIAL_ID} = '{trial_id}'"
+    runs = client.search_runs([experiment_id], query, max_results=SEARCH_MAX_RESULTS_THRESHOLD)
+    return {run.data.tags[TRIAL_ID]: run for run in runs if TRIAL_ID in run.data.tags}
+
+
+def trial_run(client: MlflowClient, parent_run_id: str, trial_id: str) -> str | None:
+    """The id of the child run of `parent_run_id` that records trial `trial_id`, if any."""
+    run = trial_runs(client, parent_run_id, trial_id).get(trial_id)
+    return run.info.run_id if run else None
 
 
 def epoch_metrics(row: Mapping[str, Any]) -> list[Metric]:
@@ -42,14 +51,16 @@ def epoch_metrics(row: Mapping[str, Any]) -> list[Metric]:
 
 
 def mend_trial_runs(client: MlflowClient, parent_run_id: str, records: list[TrialRecord]) -> int:
-    """Make MLflow hold what Ray holds: one run per trial, every epoch's metrics, its end.
-    Writes only what is missing (the tracking server was down, or the driver was killed
-    between a result and its logging) and returns how many runs it mended."""
+    """Make MLflow hold what Ray holds: one run per trial, every epoch's metrics, its end;
+    a run of a trial Ray does not hold is KILLED. Writes only what is missing (the tracking
+    server was down, or the driver was killed between a result and its logging) and returns
+    how many runs it mended."""
     experiment_id = client.get_run(parent_run_id).info.experiment_id
+    runs = trial_runs(client, parent_run_id)
     mended = 0
     for record in records:
-        run_id = trial_run(client, parent_run_id, record.trial_id)
-        status = client.get_run(run_id).info.status if run_id else None
+        run = runs.get(record.trial_id)
+        run_id, status = (run.info.run_id, run.info.status) if run else (None, None)
         if run_id is None:
             run_id = client.create_run(experiment_id, run_name=f"run_trial_{record.trial_id}", tags={
                 "mlflow.parentRunId": parent_run_id, "kind": "trial",
@@ -67,6 +78,14 @@ def mend_trial_runs(client: MlflowClient, parent_run_id: str, records: list[Tria
                 client.set_tag(run_id, "error", record.error)
             client.set_terminated(run_id, "FAILED" if record.error else "FINISHED")
         mended += bool(status in (None, "RUNNING") or missing)
+    ran = {record.trial_id for record in records}
+    for trial_id, run in runs.items():
+        if trial_id not in ran and run.info.status == "RUNNING":
+            # a trial the driver started after Tune's last snapshot: resume ran another
+            client.set_tag(run.info.run_id, "error", "the driver was killed before Ray Tune "
+                           "recorded this trial; --resume ran another in its place")
+            client.set_terminated(run.info.run_id, "KILLED")
+            mended += 1
     return mended
 
 
@@ -95,8 +114,7 @@ class TrialRunLogger(MLflowLoggerCallback):
                          tags={"mlflow.parentRunId": parent_run_id, "kind": "trial"})
         self.parent_run_id = parent_run_id
         self.stopped = stopped
-        self.run_ids: dict[str, str] = {}  # trial id -> MLflow run id
-        self._ended: set[str] = set()
+        self._ended: set[str] = set()  # run ids whose trial ended
         self._node: dict[str, str] = {}  # trial id -> the node last tagged on its run
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
@@ -117,7 +135,6 @@ class TrialRunLogger(MLflowLoggerCallback):
                 client.update_run(run_id, status="RUNNING")
             self._trial_runs[trial] = run_id
         super().log_trial_start(trial)  # logs the params
-        self.run_ids[trial.trial_id] = self._trial_runs[trial]
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A trial whose worker died: Tune retries it from its last checkpoint, in this run."""
@@ -154,7 +171,7 @@ class TrialRunLogger(MLflowLoggerCallback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Trials the search ended before they did (an epoch budget spent) are KILLED, not
         left RUNNING forever."""
-        for run_id in set(self.run_ids.values()) - self._ended:
+        for run_id in set(self._trial_runs.values()) - self._ended:
             MlflowClient(self.tracking_uri).set_terminated(run_id, "KILLED")
         super().on_experiment_end(trials, **info)
 

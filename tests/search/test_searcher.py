@@ -69,3 +69,16 @@ def test_study_trials_no_ray_trial_ran_are_failed_not_left_running() -> None:
     orphan.set_user_attr(RAY_TRIAL_ID, "b")  # asked, then the driver was killed
     assert fail_orphans(study, {"a"}) == 1
     assert [t.state.name for t in study.trials] == ["RUNNING", "FAIL"]
+
+
+def test_a_trial_the_study_has_already_ended_is_left_as_it_is() -> None:
+    """The driver was killed after telling Optuna a trial's end, before Tune's snapshot
+    recorded it: resumed, the trial trains its last epochs again and reports them."""
+    scheduler = RecordingASHA(max_t=EPOCHS, grace_period=1, reduction_factor=2)
+    searcher = PruningOptunaSearch(scheduler, space=curve_space)
+    searcher.suggest("a")
+    searcher.study.tell(searcher._ot_trials["a"], 0.9)  # what the killed driver told it
+    searcher.on_trial_result("a", {METRIC: 0.5, "training_iteration": EPOCHS})
+    searcher.on_trial_complete("a", {METRIC: 0.5, "training_iteration": EPOCHS})
+    [trial] = searcher.study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.9
