@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from search.checkpoints import PruneEndedTrials, best_checkpoint
+from search.checkpoints import best_checkpoint, prune
 from search.evaluation import confusion_figure, curves_figure, evaluate, predicted_classes
 from search.folder import STUDY_NAME, ResumeError, SearchFolder
 from search.objective import METRIC
@@ -178,11 +178,18 @@ def _run_parts(space: Space, listing: Listing, options: Options,
         if not tune.Tuner.can_restore(path):
             continue  # killed before Tune wrote its first state: no trial ran
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True)
-        grids.append(tuner.fit() if part == folder.parts[-1] else tuner.get_results())
+        grids.append(_fit(tuner) if part == folder.parts[-1] else tuner.get_results())
     todo = space.search.num_samples - sum(len(grid) for grid in grids)
     if todo > 0:
-        grids.append(_new_part(space, options, folder, trainable, todo, first=not grids).fit())
+        grids.append(_fit(_new_part(space, options, folder, trainable, todo, first=not grids)))
     return grids
+
+
+def _fit(tuner: tune.Tuner) -> tune.ResultGrid:
+    """Run a Tune part to its end, then keep each trial's best and latest checkpoints."""
+    grid = tuner.fit()
+    prune(grid)
+    return grid
 
 
 def _new_part(space: Space, options: Options, folder: SearchFolder, trainable: Any,
@@ -216,9 +223,8 @@ def _new_part(space: Space, options: Options, folder: SearchFolder, trainable: A
             name=part, storage_path=str(folder.path),
             stop=EpochBudget(options.epoch_budget) if options.epoch_budget else None,
             # our progress line replaces Tune's status tables
-            # PruneEndedTrials keeps an ended trial's best checkpoint and its latest
-            callbacks=[logger, ProgressCallback(num_samples, scheduler.stopped),
-                       PruneEndedTrials()], verbose=0,
+            # every checkpoint is kept until the experiment ends (search/checkpoints.py)
+            callbacks=[logger, ProgressCallback(num_samples, scheduler.stopped)], verbose=0,
             # a trial whose worker died is retried from its latest checkpoint
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
         ),
