@@ -14,6 +14,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.entities import Metric, Param, Run
+from mlflow.exceptions import MlflowException
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 from mlflow.tracking import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -121,6 +122,7 @@ class TrialRunLogger(MLflowLoggerCallback):
         # log where the driver logs: a search resumed with another --tracking-uri (the server
         # came back elsewhere) restores this callback as pickled, with the old address
         self.tracking_uri = mlflow.get_tracking_uri()
+        self._lost: MlflowException | None = None  # MLflow's failure at a trial's end
         super().setup(*args, **kwargs)
 
     def log_trial_start(self, trial: Any) -> None:
@@ -158,6 +160,18 @@ class TrialRunLogger(MLflowLoggerCallback):
             self._node[trial.trial_id] = node
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        try:
+            self._log_trial_end(trial, failed)
+        except MlflowException as exc:
+            # Tune catches what this raises, prints its traceback and fails the trial;
+            # raised at the next step it stops the search, as a failed epoch log does
+            self._lost = exc
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._lost is not None:
+            raise self._lost
+
+    def _log_trial_end(self, trial: Any, failed: bool) -> None:
         run_id = self._trial_runs[trial]
         stopped = trial.trial_id in self.stopped
         client = MlflowClient(self.tracking_uri)
