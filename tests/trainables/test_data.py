@@ -92,6 +92,22 @@ def test_decoded_once_cached_and_corrupt_files_skipped(image_tree: Path, tmp_pat
     assert gray.images.shape[1:] == (8, 8, 1)
 
 
+def test_a_large_jpeg_decoded_at_a_reduced_scale_matches_a_full_decode(tmp_path: Path) -> None:
+    """libjpeg's DCT scaling (decoding 400 px at 1/2 for 150) gives the pixels a full
+    decode and resize would, within a few levels of 255."""
+    from PIL import Image
+
+    from trainables.images import decode
+
+    smooth = Image.fromarray(np.random.default_rng(0).integers(0, 256, (6, 8, 3), np.uint8))
+    smooth.resize((400, 300), Image.Resampling.BICUBIC).save(tmp_path / "photo.jpg", quality=90)
+    reduced = decode(str(tmp_path / "photo.jpg"), 150, "rgb")
+    with Image.open(tmp_path / "photo.jpg") as img:
+        full = np.asarray(img.convert("RGB").resize((150, 150), Image.Resampling.BILINEAR))
+    assert reduced.shape == (150, 150, 3)
+    assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 3
+
+
 def test_a_uri_root_is_read_through_tensorflow(image_tree: Path, tmp_path: Path) -> None:
     """The same tree copied to TensorFlow's in-memory file system (`ram://`, as a bucket's
     `gs://` would be read): the same listing, labels and pixels as from the local folder."""
