@@ -19,6 +19,7 @@ import mlflow
 import optuna
 import pandas as pd
 import ray
+import tensorflow as tf
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -299,6 +300,9 @@ def _evaluate_and_register(space: Space, listing: Listing, result: Any, trial_id
         info = mlflow.tensorflow.log_model(
             model, name="model", registered_model_name=space.name,
             input_example=arrays.images[:2].astype("float32"),
+            # stated, not inferred: inference reloads the model in a subprocess (6 s of a
+            # 25-s search) and lists this unpublished package
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
             metadata={"classes": list(listing.classes), "image_size": config.image_size,
                       "color_mode": space.data.color_mode, "space": space.name,
                       "trial_config": json.dumps(result.config, default=str)})

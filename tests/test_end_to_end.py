@@ -50,6 +50,10 @@ def test_search_records_every_trial_and_registers_the_best(finished_search) -> N
     mlflow.set_tracking_uri(finished_search.tracking_uri)
     model = mlflow.tensorflow.load_model("models:/tiny/1")
     assert model.output_shape == (None, 3)
+    requirements = Path(mlflow.artifacts.download_artifacts(
+        "models:/tiny/1/requirements.txt")).read_text().split()
+    assert {r.split("==")[0] for r in requirements} >= {"mlflow", "tensorflow", "keras"}
+    assert not any(r.startswith("keras-search") for r in requirements)  # not on PyPI
 
     # the parent carries the overview and Optuna's views; the table is also in Ray's storage
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
