@@ -50,6 +50,7 @@ from trainables.data import Listing, list_images
 from trainables.digits import write_digits
 from trainables.images import load_arrays
 from trainables.pipeline import make_dataset
+from trainables.resources import freeze_imports
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ def _ray_init(address: str | None) -> None:
 def run_search(space: Space, options: Options) -> Outcome:
     """Run the search `space` describes (or resume and extend the last one) and record it in
     MLflow. Trials that fail are recorded as failed; the search goes on without them."""
+    freeze_imports()
     check_server(options.tracking_uri)
     listing = prepare_data(space)
     mlflow.set_tracking_uri(options.tracking_uri)

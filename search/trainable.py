@@ -25,7 +25,7 @@ from search.space import Space
 from trainables.config import TrialConfig
 from trainables.data import Listing
 from trainables.images import load_arrays
-from trainables.resources import configure_tensorflow
+from trainables.resources import configure_tensorflow, freeze_imports
 from trainables.train import TrialData, train
 
 MODEL_FILE, STATE_FILE = "model.keras", "state.json"
@@ -56,6 +56,7 @@ def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None
     and `peak_rss_mb` (of this worker process, which may have run trials before); and the
     Ray node it ran on (`node_id`)."""
     started_at = time.time()
+    freeze_imports()
     node_id = ray.get_runtime_context().get_node_id()
     configure_tensorflow(space.search.resources.cpu, space.search.resources.gpu)
     keras.backend.clear_session()  # a reused worker must not carry the last trial's graph
