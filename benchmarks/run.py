@@ -6,6 +6,7 @@ shapes, a smaller pipeline set; the full run: 5 seeds of each."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import tempfile
@@ -29,6 +30,14 @@ def machine() -> str:
             f"TensorFlow {tf.__version__}, Ray {ray.__version__}, Optuna {optuna.__version__}")
 
 
+def print_overhead(o: dict) -> None:
+    core = o["wall_s"] * o["cpus"]
+    print(f"wall {o['wall_s']:.1f} s x {o['cpus']:.0f} CPUs = {core:.0f} core-s, "
+          f"{o['trials']} trials")
+    for part, seconds in o["parts"].items():
+        print(f"  {seconds:7.1f} core-s {seconds / core:6.1%}  {part}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     p.add_argument("--quick", action="store_true")
@@ -40,11 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     digits = load_space(Path("spaces/digits.yaml"))
     print("1. overhead: the default search (spaces/digits.yaml, seed 0)")
     o = overhead.run(digits)
-    core = o["wall_s"] * o["cpus"]
-    print(f"wall {o['wall_s']:.1f} s x {o['cpus']:.0f} CPUs = {core:.0f} core-s, "
-          f"{o['trials']} trials")
-    for part, seconds in o["parts"].items():
-        print(f"  {seconds:7.1f} core-s {seconds / core:6.1%}  {part}")
+    print_overhead(o)
     print(f"trial slots busy: {o['slot_busy']:.1%} of the time from first trial start to "
           f"last trial end")
     print("peak RSS per worker process, trial after trial (MB):")
@@ -52,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  pid {pid}: " + ", ".join(f"{v:.0f}" for v in group["peak_rss_mb"]))
     print(f"decoded data set copies in the cache: {len(o['cache_files'])} "
           f"(one per split and image size)")
+    longer = dataclasses.replace(digits, search=dataclasses.replace(digits.search,
+                                                                    num_samples=32))
+    print("\nthe same space, 32 trials (how the share grows as the fixed costs spread)")
+    print_overhead(overhead.run(longer))
 
     print("\n2. input pipeline: JPEGs, 150 px -> 64 px, augmented, batches of 32")
     with tempfile.TemporaryDirectory() as folder:
