@@ -42,16 +42,20 @@ def curve(epochs: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
 def core_time(trials: SearchTrials, wall_s: float, cpus: float, cpus_per_trial: float) -> dict:
     """Where the search's core-seconds (wall x CPUs) went, in seconds."""
     e, life = trials.epochs, trials.lifetimes.set_index("trial_id")
-    per_trial = e.groupby("trial_id").agg(step=("step_s", "sum"), ckpt=("checkpoint_s", "sum"),
+    per_trial = e.groupby("trial_id").agg(step=("step_s", "sum"), trace=("trace_s", "sum"),
+                                          ckpt=("checkpoint_s", "sum"),
                                           ran=("time_total_s", "max"),
                                           started_at=("started_at", "first"))
     per_trial = per_trial.join(life, how="inner")
     c = cpus_per_trial
     parts = {
         "training and evaluation steps": per_trial["step"].sum() * c,
+        "graph tracing (each trial's first training and validation step)":
+            per_trial["trace"].sum() * c,
         "checkpoints (saving the model)": per_trial["ckpt"].sum() * c,
         "in the trial, between steps (data, model build, tf.data, Keras)":
-            (per_trial["ran"] - per_trial["step"] - per_trial["ckpt"]).sum() * c,
+            (per_trial["ran"] - per_trial["step"] - per_trial["trace"]
+             - per_trial["ckpt"]).sum() * c,
         "trial start (worker process, imports)":
             (per_trial["started_at"] - per_trial["start"]).clip(lower=0).sum() * c,
         "trial end (after its last epoch)":

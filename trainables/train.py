@@ -35,29 +35,43 @@ class TrialData:
 class _ReportEachEpoch(keras.callbacks.Callback):
     """Reports each epoch's metrics, with `step_s`: the seconds spent inside training and
     validation steps that epoch (the work a search exists to do; the benchmarks compare
-    everything else against it)."""
+    everything else against it), and `trace_s`: the seconds of the first training and the
+    first validation step, in which TensorFlow traces the model's graph (a cost of starting
+    a trial, not training)."""
 
     def __init__(self, report: Report):
         super().__init__()
         self.report = report
-        self._step_s = 0.0
+        self._step_s = self._trace_s = 0.0
         self._began = 0.0
+        self._traced: set[str] = set()
 
     def _begin(self, batch: int, logs: dict | None = None) -> None:
         self._began = time.perf_counter()
 
-    def _end(self, batch: int, logs: dict | None = None) -> None:
-        self._step_s += time.perf_counter() - self._began
+    def _took(self, kind: str) -> None:
+        seconds = time.perf_counter() - self._began
+        if kind in self._traced:
+            self._step_s += seconds
+        else:
+            self._traced.add(kind)
+            self._trace_s += seconds
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._took("train")
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._took("test")
 
     on_train_batch_begin = on_test_batch_begin = _begin
-    on_train_batch_end = on_test_batch_end = _end
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         metrics = {name: float((logs or {})[name]) for name in METRICS}
         if not all(math.isfinite(v) for v in metrics.values()):
             raise TrialFailed(f"metrics not finite at epoch {epoch + 1}: {metrics}")
-        step_s, self._step_s = self._step_s, 0.0
-        self.report({**metrics, "epoch": epoch + 1, "step_s": step_s}, self.model)
+        timings = {"step_s": self._step_s, "trace_s": self._trace_s}
+        self._step_s = self._trace_s = 0.0
+        self.report({**metrics, "epoch": epoch + 1, **timings}, self.model)
 
 
 def trial_datasets(config: TrialConfig, data: TrialData) -> tuple[tf.data.Dataset,

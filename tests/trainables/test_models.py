@@ -88,8 +88,9 @@ def test_train_reports_every_epoch(head: str) -> None:
     train(config, tiny_data(), lambda m, model: reports.append(m), epochs=3)
     assert [r["epoch"] for r in reports] == [1, 2, 3]
     assert set(reports[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy",
-                               "step_s"}
+                               "step_s", "trace_s"}
     assert all(r["step_s"] > 0 for r in reports)
+    assert reports[0]["trace_s"] > 0 and reports[1]["trace_s"] == reports[2]["trace_s"] == 0
 
 
 def test_diverging_loss_fails_the_trial() -> None:
