@@ -16,7 +16,7 @@ import pandas as pd
 
 from benchmarks import efficiency, overhead, pipeline
 from benchmarks.shapes import write_shapes
-from search.space import load_space
+from search.space import Fixed, Space, load_space
 
 HERE = Path(__file__).parent
 
@@ -28,6 +28,14 @@ def machine() -> str:
 
     return (f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
             f"TensorFlow {tf.__version__}, Ray {ray.__version__}, Optuna {optuna.__version__}")
+
+
+def larger(space: Space) -> Space:
+    """`space` with 4x the trials, 9x the pixels and 2x the epochs."""
+    asha = dataclasses.replace(space.search.asha, max_epochs=16)
+    return dataclasses.replace(
+        space, params={**space.params, "image_size": Fixed(48), "epochs": Fixed(16)},
+        search=dataclasses.replace(space.search, num_samples=32, asha=asha))
 
 
 def print_overhead(o: dict) -> None:
@@ -57,10 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  pid {pid}: " + ", ".join(f"{v:.0f}" for v in group["peak_rss_mb"]))
     print(f"decoded data set copies in the cache: {len(o['cache_files'])} "
           f"(one per split and image size)")
-    longer = dataclasses.replace(digits, search=dataclasses.replace(digits.search,
-                                                                    num_samples=32))
-    print("\nthe same space, 32 trials (how the share grows as the fixed costs spread)")
-    print_overhead(overhead.run(longer))
+    print("\nthe same space, larger: 32 trials of 48-px images for up to 16 epochs (how the "
+          "share grows as per-search and per-trial costs spread)")
+    print_overhead(overhead.run(larger(digits)))
 
     print("\n2. input pipeline: JPEGs, 150 px -> 64 px, augmented, batches of 32")
     with tempfile.TemporaryDirectory() as folder:
