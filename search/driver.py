@@ -298,16 +298,24 @@ def _evaluate_and_register(space: Space, listing: Listing, result: Any, trial_id
     for cls in listing.classes:
         client.log_metric(run_id, f"{split}_f1_{cls}", test["report"][cls]["f1-score"])
     trial_end = client.get_run(run_id).info
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.tensorflow.log_model(
-            model, name="model", registered_model_name=space.name,
-            input_example=arrays.images[:2].astype("float32"),
-            # stated, not inferred: inference reloads the model in a subprocess (6 s of a
-            # 25-s search) and lists this unpublished package
-            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
-            metadata={"classes": list(listing.classes), "image_size": config.image_size,
-                      "color_mode": space.data.color_mode, "space": space.name,
-                      "trial_config": json.dumps(result.config, default=str)})
+    # MLflow predicts on the input example without verbose=0: no progress bars in our output
+    was_interactive = keras.config.is_interactive_logging_enabled()
+    keras.config.disable_interactive_logging()
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.tensorflow.log_model(
+                model, name="model", registered_model_name=space.name,
+                input_example=arrays.images[:2].astype("float32"),
+                # stated, not inferred: inference reloads the model in a subprocess (6 s of a
+                # 25-s search) and lists this unpublished package
+                pip_requirements=[f"tensorflow=={tf.__version__}",
+                                  f"keras=={keras.__version__}"],
+                metadata={"classes": list(listing.classes), "image_size": config.image_size,
+                          "color_mode": space.data.color_mode, "space": space.name,
+                          "trial_config": json.dumps(result.config, default=str)})
+    finally:
+        if was_interactive:
+            keras.config.enable_interactive_logging()
     # leaving start_run() stamps the run as ending now: keep the trial's own end (its duration)
     client.set_terminated(run_id, trial_end.status, end_time=trial_end.end_time)
     version = info.registered_model_version

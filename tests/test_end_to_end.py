@@ -18,6 +18,7 @@ def test_search_records_every_trial_and_registers_the_best(finished_search) -> N
     assert finished_search.exit_code == 0, finished_search.out
     assert "registered model: models:/tiny/1" in finished_search.out
     assert "5/5 trials done" in finished_search.out  # the progress line
+    assert "ms/step" not in finished_search.out  # no Keras progress bars from MLflow's predict
 
     client = MlflowClient(finished_search.tracking_uri)
     experiment = client.get_experiment_by_name("tiny")
