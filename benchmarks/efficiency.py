@@ -1,6 +1,7 @@
 """Search efficiency at equal compute (epochs trained in all): this search (TPE + ASHA)
 against random search without early stopping, KerasTuner Hyperband on the same model space,
-and the space's baselines alone."""
+and the space's baselines alone. Hyperband runs first: its epochs (fixed by the space's
+`max_epochs` and reduction factor) are the budget of the two other searches."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from benchmarks.trials import curve, read_trials
 from search.driver import Options, prepare_data, run_search
 from search.space import Space
 
-METHODS = ("tpe_asha", "random", "hyperband", "baselines")
+METHODS = ("hyperband", "tpe_asha", "random", "baselines")
 
 
 def _variant(space: Space, method: str, seed: int) -> Space:
@@ -33,10 +34,11 @@ def _variant(space: Space, method: str, seed: int) -> Space:
     return dataclasses.replace(space, search=search, seed=seed, baselines=baselines)
 
 
-def run_method(space: Space, method: str, seed: int, budget: int,
+def run_method(space: Space, method: str, seed: int, budget: int | None,
                folder: Path) -> dict[str, Any]:
     """One method on one space and seed: its curve (best val_accuracy against epochs), the
-    best val and test accuracy within `budget` epochs, and its wall time."""
+    best val and test accuracy within `budget` epochs (None: Hyperband's own schedule), and
+    its wall time."""
     started = time.perf_counter()
     if method == "hyperband":
         seeded = dataclasses.replace(space, seed=seed)
@@ -55,7 +57,7 @@ def run_method(space: Space, method: str, seed: int, budget: int,
         outcome = run_search(variant, Options(uri, folder / "ray", epoch_budget=budget))
         points = curve(read_trials(outcome.results_path, uri, outcome.parent_run_id).epochs)
         test = outcome.held_out_accuracy
-    within = points[points["epochs"] <= budget]
+    within = points[points["epochs"] <= budget] if budget else points
     return {"method": method, "seed": seed, "epochs": int(points["epochs"].max()),
             "best_val_accuracy": float(within["best"].max()) if len(within) else float("nan"),
             "test_accuracy": test, "wall_s": time.perf_counter() - started,
@@ -77,13 +79,14 @@ def curve_table(curves: list, marks: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows).groupby(["space", "method"])[marks].median()
 
 
-def run(spaces: list[Space], seeds: list[int], budget: int) -> tuple[pd.DataFrame, list]:
+def run(spaces: list[Space], seeds: list[int]) -> tuple[pd.DataFrame, list]:
     """Every method on every space and seed. Returns the runs table and the curves."""
     rows, curves = [], []
     for space in spaces:
         for seed in seeds:
-            results = {}
+            results: dict[str, dict[str, Any]] = {}
             for method in METHODS:
+                budget = results["hyperband"]["epochs"] if results else None
                 with tempfile.TemporaryDirectory() as folder:
                     result = run_method(space, method, seed, budget, Path(folder))
                 results[method] = result
@@ -94,6 +97,6 @@ def run(spaces: list[Space], seeds: list[int], budget: int) -> tuple[pd.DataFram
                       f"{result['epochs']} epochs, {result['wall_s']:.0f} s", flush=True)
             ours = next(c for s, sd, m, c in curves
                         if (s, sd, m) == (space.name, seed, "tpe_asha"))
-            rows[-len(METHODS)]["compute_to_match_random"] = compute_to_match(
+            rows[-len(METHODS) + 1]["compute_to_match_random"] = compute_to_match(
                 ours, results["random"]["best_val_accuracy"], results["random"]["epochs"])
     return pd.DataFrame(rows), curves
