@@ -97,6 +97,7 @@ def run(spaces: list[Space], seeds: list[int]) -> tuple[pd.DataFrame, list]:
                       f"{result['epochs']} epochs, {result['wall_s']:.0f} s", flush=True)
             ours = next(c for s, sd, m, c in curves
                         if (s, sd, m) == (space.name, seed, "tpe_asha"))
-            rows[-len(METHODS) + 1]["compute_to_match_random"] = compute_to_match(
+            ours_row = rows[-len(METHODS) + METHODS.index("tpe_asha")]
+            ours_row["compute_to_match_random"] = compute_to_match(
                 ours, results["random"]["best_val_accuracy"], results["random"]["epochs"])
     return pd.DataFrame(rows), curves
