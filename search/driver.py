@@ -44,7 +44,7 @@ from search.space import Choice, Fixed, Space
 from search.study_views import param_importances, study_figures
 from search.summary import Outcome
 from search.tracking import TrialRunLogger, mend_trial_runs, start_parent_run, trial_run
-from search.trainable import MODEL_FILE, run_trial
+from search.trainable import run_trial, whole_model
 from trainables.config import TrialConfig
 from trainables.data import Listing, list_images
 from trainables.digits import write_digits
@@ -283,7 +283,7 @@ def _evaluate_and_register(space: Space, listing: Listing, result: Any, trial_id
     run_id = trial_run(client, parent, trial_id)
     config = TrialConfig.from_params(result.config)
     with _checkpoint(result).as_directory() as folder:
-        model = keras.models.load_model(Path(folder) / MODEL_FILE)
+        model = whole_model(Path(folder), config, space.data.channels)
     arrays = load_arrays(listing.splits[split], config.image_size, space.data.color_mode,
                          space.data.cache_dir)
     data = make_dataset(arrays.images, arrays.labels, 64, training=False, seed=space.seed)

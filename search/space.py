@@ -84,6 +84,9 @@ class SearchSettings:
     startup_trials: int | None = None  # TPE's random trials first; None: tpe_startup_trials()
     max_concurrent: int = 2
     max_failures: int = 2  # retries of a trial whose worker died, each from its last checkpoint
+    # trials with a frozen backbone and no augmentation train on its output, computed once
+    # (trainables/features.py); false: every epoch runs the whole model, as before
+    feature_cache: bool = True
     resources: Resources = Resources()
     asha: Asha = Asha()
 
@@ -327,8 +330,8 @@ def _split(reader: _Reader, raw: Any, path: str, fraction: bool,
 
 def _search(reader: _Reader, raw: Any) -> SearchSettings:
     s = reader.mapping(raw, "search", {"num_samples", "sampler", "startup_trials",
-                                       "max_concurrent", "max_failures", "resources",
-                                       "asha"})
+                                       "max_concurrent", "max_failures", "feature_cache",
+                                       "resources", "asha"})
     sampler = s.get("sampler", "tpe")
     if sampler not in ("tpe", "random"):
         raise reader.fail("search.sampler", f"expected tpe or random, got {sampler!r}")
@@ -353,6 +356,7 @@ def _search(reader: _Reader, raw: Any) -> SearchSettings:
         if "startup_trials" in s else None,
         max_concurrent=reader.number(s, "max_concurrent", "search", int, 2, low=1),
         max_failures=reader.number(s, "max_failures", "search", int, 2, low=0),
+        feature_cache=reader.typed(s.get("feature_cache", True), bool, "search.feature_cache"),
         resources=Resources(reader.number(r, "cpu", "search.resources", float, 1.0, low=0.01), gpu),
         asha=asha,
     )

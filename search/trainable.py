@@ -2,7 +2,9 @@
 
 It turns Ray's flat config into a `TrialConfig`, sizes TensorFlow to the trial's resources,
 resumes from the trial's last checkpoint if Ray restarted it, and reports every epoch through
-`ray.tune.report` with the model saved as a native `.keras` file. A trial that runs out of
+`ray.tune.report` with what training changed saved as a native `.keras` file: the trained
+part of the model (the head and any fine-tuned backbone layers, with the optimizer state),
+never a frozen backbone again; `whole_model` joins it to the frozen part the config rebuilds. A trial that runs out of
 memory fails with a `TrialOutOfMemory` that says so; the search goes on. Only `ray.tune` is
 imported: the `ray.train` reporting functions raise inside Tune.
 """
@@ -25,6 +27,7 @@ from search.space import Space
 from trainables.config import TrialConfig
 from trainables.data import Listing
 from trainables.images import load_arrays
+from trainables.models import Parts, frozen_part, join
 from trainables.resources import configure_tensorflow, freeze_imports
 from trainables.train import TrialData, train
 
@@ -48,6 +51,13 @@ def load_trial_data(space: Space, listing: Listing, config: TrialConfig) -> Tria
     return TrialData(split("train"), split("validation"), len(listing.classes))
 
 
+def whole_model(folder: Path, config: TrialConfig, channels: int) -> keras.Model:
+    """The whole classifier on raw pixels from a trial's checkpoint folder: its trained part
+    joined to the frozen part that `config` rebuilds."""
+    trained = keras.models.load_model(folder / MODEL_FILE)
+    return join(Parts(frozen_part(config, channels), trained))
+
+
 def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None:
     """Ray Tune function trainable: train one trial, reporting and checkpointing every epoch.
 
@@ -61,14 +71,14 @@ def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None
     configure_tensorflow(space.search.resources.cpu, space.search.resources.gpu)
     keras.backend.clear_session()  # a reused worker must not carry the last trial's graph
     config = TrialConfig.from_params(params)
-    model, initial_epoch = None, 0
+    trained, initial_epoch = None, 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            model = keras.models.load_model(Path(folder) / MODEL_FILE)
+            trained = keras.models.load_model(Path(folder) / MODEL_FILE)
             initial_epoch = json.loads((Path(folder) / STATE_FILE).read_text())["epoch"]
 
-    def report(metrics: dict[str, float], trained: keras.Model) -> None:
+    def report(metrics: dict[str, float | str], trained: keras.Model) -> None:
         with tempfile.TemporaryDirectory() as folder:
             saving = time.perf_counter()
             trained.save(Path(folder) / MODEL_FILE)
@@ -81,7 +91,8 @@ def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None
 
     try:
         train(config, load_trial_data(space, listing, config), report,
-              epochs=trial_epochs(space, config), model=model, initial_epoch=initial_epoch)
+              epochs=trial_epochs(space, config), trained=trained, initial_epoch=initial_epoch,
+              feature_cache=space.search.feature_cache)
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrialOutOfMemory(

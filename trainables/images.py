@@ -28,12 +28,14 @@ DEFAULT_CACHE = Path(os.environ.get("KERAS_SEARCH_CACHE", Path.home() / ".cache"
 
 @dataclass(frozen=True)
 class Arrays:
-    """A decoded split: uint8 images (n, size, size, channels), their labels, and the files
-    that could not be read."""
+    """A decoded split: uint8 images (n, size, size, channels), their labels, the files
+    that could not be read, and the cache file the images are mapped from (None for arrays
+    made in memory)."""
 
     images: np.ndarray
     labels: np.ndarray
     skipped: tuple[str, ...]
+    source: Path | None = None
 
 
 def decode(path: str, size: int, color_mode: str) -> np.ndarray | None:
@@ -76,7 +78,8 @@ def load_arrays(split: Split, size: int, color_mode: str,
         _build(split, size, color_mode, images_path, meta_path)
     meta = json.loads(meta_path.read_text())
     images = np.load(images_path, mmap_mode="r")
-    return Arrays(images, np.asarray(meta["labels"], dtype=np.int32), tuple(meta["skipped"]))
+    return Arrays(images, np.asarray(meta["labels"], dtype=np.int32), tuple(meta["skipped"]),
+                  images_path)
 
 
 def _build(split: Split, size: int, color_mode: str, images_path: Path, meta_path: Path) -> None:
@@ -91,11 +94,13 @@ def _build(split: Split, size: int, color_mode: str, images_path: Path, meta_pat
         "labels": split.labels[kept].tolist(),
         "skipped": [f for f, a in zip(split.files, decoded) if a is None],
     }
-    _write_atomic(images_path, lambda f: np.save(f, images))
-    _write_atomic(meta_path, lambda f: f.write(json.dumps(meta).encode()))
+    write_atomic(images_path, lambda f: np.save(f, images))
+    write_atomic(meta_path, lambda f: f.write(json.dumps(meta).encode()))
 
 
-def _write_atomic(path: Path, write: object) -> None:
+def write_atomic(path: Path, write: object) -> None:
+    """Write `path` through `write(file)` into a private file renamed into place, so a reader
+    never sees half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -28,7 +28,8 @@ def augmentation(config: TrialConfig) -> RandomAffine | None:
 def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *,
                  training: bool, seed: int, steps: int | None = None,
                  augment: keras.layers.Layer | None = None, binary: bool = False) -> tf.data.Dataset:
-    """Batches of (float32 pixels in 0..255, labels) for `model.fit` / `evaluate`.
+    """Batches of (float32 images: pixels in 0..255, or a frozen part's features; labels) for
+    `model.fit` / `evaluate`.
 
     Training data is reshuffled every epoch and, with `steps` (steps per epoch), repeated so
     an epoch may be shorter than a full pass, as in the reports. Evaluation data with `steps`
@@ -43,7 +44,8 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *,
         return images[idx], labels[idx]
 
     def load(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        x, y = tf.numpy_function(gather, [idx], (tf.uint8, tf.int32), stateful=False)
+        x, y = tf.numpy_function(gather, [idx], (tf.as_dtype(images.dtype), tf.int32),
+                                stateful=False)
         x = tf.cast(tf.ensure_shape(x, shape), tf.float32)
         y = tf.ensure_shape(y, (None,))
         return x, tf.cast(y[:, None], tf.float32) if binary else y

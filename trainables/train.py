@@ -1,5 +1,10 @@
 """The training loop of one trial. It knows nothing of Ray: it calls the `report` function it
-is given after every epoch, with the epoch's metrics and the model (to checkpoint).
+is given after every epoch, with the epoch's metrics and the trained part of the model (what
+training changes, to checkpoint; the whole model when nothing is frozen).
+
+A trial with a frozen part whose images are not augmented trains its trained part on the
+frozen part's cached output (`trainables.features`); any other trains the whole model on
+pixels. Both give the same model: the frozen part runs in inference mode either way.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ import keras
 import tensorflow as tf
 
 from trainables.config import TrialConfig
+from trainables.features import features, frozen_key
 from trainables.images import Arrays
-from trainables.models import build_model, compile_model
+from trainables.models import Parts, build_parts, compile_model, frozen_part, join
 from trainables.pipeline import augmentation, make_dataset
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
-Report = Callable[[dict[str, float], keras.Model], None]
+Report = Callable[[dict[str, float | str], keras.Model], None]
+# what a trial's reports say it trained on (`trained_on`)
+ON_FEATURES, ON_PIXELS = "features", "pixels"
 
 
 class TrialFailed(RuntimeError):
@@ -39,9 +47,10 @@ class _ReportEachEpoch(keras.callbacks.Callback):
     first validation step, in which TensorFlow traces the model's graph (a cost of starting
     a trial, not training)."""
 
-    def __init__(self, report: Report):
+    def __init__(self, report: Report, trained: keras.Model, trained_on: str):
         super().__init__()
         self.report = report
+        self.trained, self.trained_on = trained, trained_on
         self._step_s = self._trace_s = 0.0
         self._began = 0.0
         self._traced: set[str] = set()
@@ -71,7 +80,8 @@ class _ReportEachEpoch(keras.callbacks.Callback):
             raise TrialFailed(f"metrics not finite at epoch {epoch + 1}: {metrics}")
         timings = {"step_s": self._step_s, "trace_s": self._trace_s}
         self._step_s = self._trace_s = 0.0
-        self.report({**metrics, "epoch": epoch + 1, **timings}, self.model)
+        self.report({**metrics, "epoch": epoch + 1, **timings, "trained_on": self.trained_on},
+                    self.trained)
 
 
 def trial_datasets(config: TrialConfig, data: TrialData) -> tuple[tf.data.Dataset,
@@ -89,22 +99,38 @@ def trial_datasets(config: TrialConfig, data: TrialData) -> tuple[tf.data.Datase
 
 
 def train(config: TrialConfig, data: TrialData, report: Report, *, epochs: int,
-          model: keras.Model | None = None, initial_epoch: int = 0) -> keras.Model:
-    """Train for `epochs` epochs in all (so a model resumed at `initial_epoch` trains the rest).
+          trained: keras.Model | None = None, initial_epoch: int = 0,
+          feature_cache: bool = True) -> Parts:
+    """Train for `epochs` epochs in all (so a model resumed at `initial_epoch` trains the rest)
+    and return the model's parts.
 
-    Pass `model` to continue a checkpointed model; otherwise a new one is built and compiled.
+    Pass `trained` (a checkpointed trained part, compiled, with its optimizer state) to go
+    on from it; otherwise a new model is built and compiled. `feature_cache=False` trains the
+    whole model on pixels whatever the trial.
     """
     keras.utils.set_random_seed(config.seed)
-    if model is None:
-        model = build_model(config, data.n_classes, data.train.images.shape[-1])
-        compile_model(model, config)
+    channels = data.train.images.shape[-1]
+    if trained is None:
+        parts = build_parts(config, data.n_classes, channels)
+        compile_model(parts.trained, config)
+    else:
+        parts = Parts(frozen_part(config, channels), trained)
+    if feature_cache and parts.frozen is not None and augmentation(config) is None:
+        key = frozen_key(config, parts.frozen)
+        data = TrialData(features(parts.frozen, data.train, key),
+                         features(parts.frozen, data.validation, key), data.n_classes)
+        model, trained_on = parts.trained, ON_FEATURES
+    else:
+        model, trained_on = join(parts), ON_PIXELS
+        if model is not parts.trained:  # the whole model trains the trained part's weights
+            compile_model(model, config, parts.trained.optimizer)
     train_ds, val_ds = trial_datasets(config, data)
     callbacks: list[keras.callbacks.Callback] = []
     if config.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             "val_loss", patience=config.early_stopping_patience, restore_best_weights=True))
-    callbacks.append(_ReportEachEpoch(report))
+    callbacks.append(_ReportEachEpoch(report, parts.trained, trained_on))
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
               steps_per_epoch=config.steps_per_epoch, callbacks=callbacks, verbose=0,
               shuffle=False)  # the tf.data pipeline shuffles
-    return model
+    return parts

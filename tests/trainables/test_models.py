@@ -10,7 +10,7 @@ import pytest
 from search.space import load_space
 from trainables.config import TrialConfig
 from trainables.images import Arrays
-from trainables.models import build_model, feature_map_size
+from trainables.models import build_model, build_parts, feature_map_size, join
 from trainables.train import TrialData, TrialFailed, train
 
 SPACES = Path(__file__).parents[2] / "spaces"
@@ -88,7 +88,8 @@ def test_train_reports_every_epoch(head: str) -> None:
     train(config, tiny_data(), lambda m, model: reports.append(m), epochs=3)
     assert [r["epoch"] for r in reports] == [1, 2, 3]
     assert set(reports[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy",
-                               "step_s", "trace_s"}
+                               "step_s", "trace_s", "trained_on"}
+    assert reports[0]["trained_on"] == "pixels"  # no frozen part
     assert all(r["step_s"] > 0 for r in reports)
     assert reports[0]["trace_s"] > 0 and reports[1]["trace_s"] == reports[2]["trace_s"] == 0
 
@@ -99,3 +100,60 @@ def test_diverging_loss_fails_the_trial() -> None:
                          learning_rate=1e30, batch_size=8)
     with pytest.raises(TrialFailed, match="not finite"):
         train(config, tiny_data(), lambda m, model: None, epochs=3)
+
+
+def tiny_photos(n: int = 36, size: int = 32) -> TrialData:
+    """Three classes of RGB pictures large enough for a backbone (32 px, its minimum)."""
+    rng = np.random.default_rng(1)
+    labels = np.arange(n, dtype=np.int32) % 3
+    images = rng.integers(0, 255, (n, size, size, 3)).astype(np.uint8)
+    images[labels == 1, 8:24, 8:24] = 250
+    images[labels == 2, ::4] = 0
+    train_split = Arrays(images, labels, ())
+    return TrialData(train_split, Arrays(images[::2], labels[::2], ()), 3)
+
+
+@pytest.mark.parametrize("backbone, trainable_layers, cut_below", [
+    ("vgg16", 0, "block5_pool"),  # all frozen: the head trains on the backbone's output
+    ("vgg16", 4, "block4_pool"),  # block5 fine-tuned: cut just below it
+    ("mobilenet_v2", 0, "out_relu"),  # batch norm in the frozen part
+    ("mobilenet_v2", 9, "block_16_expand_BN"),  # cut below block 16's residual-free start
+])
+def test_the_frozen_part_computed_once_trains_the_same_model(
+        backbone: str, trainable_layers: int, cut_below: str) -> None:
+    """Training the trained part on cached features and the whole model on pixels give the
+    same metrics at the same seed; the whole model joined from the parts predicts what the
+    trained part predicts on the frozen part's output."""
+    config = TrialConfig(image_size=32, backbone=backbone, backbone_weights="none",
+                         backbone_trainable_layers=trainable_layers, dense_units=(16,),
+                         dense_dropout=0.25, batch_size=8, learning_rate=1e-3)
+    runs = {}
+    for feature_cache in (True, False):
+        reports: list[dict] = []
+        parts = train(config, tiny_photos(), lambda m, _: reports.append(m), epochs=2,
+                      feature_cache=feature_cache)
+        runs[feature_cache] = reports
+    on_features, on_pixels = runs[True], runs[False]
+    assert [r["trained_on"] for r in on_features + on_pixels] == ["features"] * 2 + ["pixels"] * 2
+    for a, b in zip(on_features, on_pixels):
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    assert parts.frozen.get_layer("backbone_frozen").layers[-1].name == cut_below
+    assert not parts.frozen.trainable_weights
+    pixels = tiny_photos().train.images[:6].astype("float32")
+    whole = join(parts)
+    np.testing.assert_allclose(whole.predict(pixels, verbose=0),
+                               parts.trained.predict(parts.frozen.predict(pixels, verbose=0),
+                                                     verbose=0), atol=1e-6)
+    # the parts hold every weight of the model, once
+    assert whole.count_params() == build_model(config, 3, 3).count_params()
+
+
+def test_a_checkpoint_holds_the_trained_part_only(tmp_path: Path) -> None:
+    """The frozen VGG16 of report 5's model 2 is not in its checkpoint: the head and its
+    optimizer state are."""
+    space = load_space(SPACES / "gemstones.yaml")
+    config = space.baselines["model2"].replace(backbone_weights="none", image_size=64)
+    parts = build_parts(config, 10, 3)
+    assert parts.trained.count_params() == 2048 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10
+    assert parts.frozen.count_params() == 14_714_688  # VGG16 without its top
