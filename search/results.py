@@ -27,6 +27,12 @@ class TrialRecord:
     stopped_early: bool = False
     path: str = ""
 
+    @property
+    def trained_on(self) -> str:
+        """"features" (cached backbone output), "pixels", or "" before its first epoch."""
+        h = self.history
+        return str(h["trained_on"].iloc[-1]) if "trained_on" in h and len(h) else ""
+
 
 def records_from_grid(grid: Any, stopped: set[str]) -> list[TrialRecord]:
     """One `TrialRecord` per trial of a Ray Tune `ResultGrid`."""
@@ -64,6 +70,7 @@ def results_table(records: list[TrialRecord]) -> pd.DataFrame:
             "val_loss": float(h["val_loss"].iloc[-1]) if has else float("nan"),
             "accuracy": float(h["accuracy"].iloc[-1]) if has else float("nan"),
             "wall_s": r.wall_s,
+            "trained_on": r.trained_on,
             "error": r.error or "",
             **{k: v for k, v in r.config.items() if k != BASELINE_KEY},
         })

@@ -28,6 +28,10 @@ def print_summary(outcome: Outcome, tracking_uri: str) -> None:
     print(f"\nsearch {outcome.name}: {len(table)} trials "
           f"({counts.get('completed', 0)} completed, {counts.get('stopped', 0)} stopped early "
           f"by ASHA, {counts.get('failed', 0)} failed)")
+    on_features = int((table["trained_on"] == "features").sum()) if "trained_on" in table else 0
+    if on_features:
+        print(f"{on_features} trained on the frozen backbone's output computed once, "
+              f"{len(table) - on_features} on pixels")
     if outcome.best is None:
         print("no trial reported a validation accuracy")
     else:

@@ -24,6 +24,7 @@ from search.results import TrialRecord
 from trainables.train import METRICS
 
 TRIAL_ID = "trial_id"  # the tag that ties a child run to its Ray trial
+TRAINED_ON = "trained_on"  # the tag (and result key): "features" (cached) or "pixels"
 
 
 def trial_runs(client: MlflowClient, parent_run_id: str,
@@ -74,6 +75,8 @@ def mend_trial_runs(client: MlflowClient, parent_run_id: str, records: list[Tria
         for start in range(0, len(missing), 1000):  # MLflow's limit per batch
             client.log_batch(run_id, metrics=missing[start:start + 1000])
         if status in (None, "RUNNING"):
+            if record.trained_on:
+                client.set_tag(run_id, TRAINED_ON, record.trained_on)
             client.set_tag(run_id, "stopped_early", str(record.stopped_early).lower())
             if record.error:
                 client.set_tag(run_id, "error", record.error)
@@ -107,7 +110,8 @@ def start_parent_run(client: MlflowClient, experiment: str, run_name: str,
 class TrialRunLogger(MLflowLoggerCallback):
     """Ray's MLflow callback with each trial a child of the parent run: epoch metrics with
     `step=epoch`, a `stopped_early` tag and metric for trials ASHA stopped, the node a trial
-    runs on, and a `restarts` tag when Tune retries it in the same run."""
+    runs on, what it trained on (`trained_on`: cached backbone features or pixels), and a
+    `restarts` tag when Tune retries it in the same run."""
 
     def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str,
                  stopped: set[str]):
@@ -117,6 +121,7 @@ class TrialRunLogger(MLflowLoggerCallback):
         self.stopped = stopped
         self._ended: set[str] = set()  # run ids whose trial ended
         self._node: dict[str, str] = {}  # trial id -> the node last tagged on its run
+        self._tagged: set[str] = set()  # trial ids whose run has its trained_on tag
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
         # log where the driver logs: a search resumed with another --tracking-uri (the server
@@ -153,6 +158,9 @@ class TrialRunLogger(MLflowLoggerCallback):
         run_id = self._trial_runs[trial]
         client = MlflowClient(self.tracking_uri)
         client.log_batch(run_id, metrics=epoch_metrics(result))
+        if result.get(TRAINED_ON) and trial.trial_id not in self._tagged:
+            client.set_tag(run_id, TRAINED_ON, result[TRAINED_ON])
+            self._tagged.add(trial.trial_id)
         node = result.get("node_id")
         if node and self._node.get(trial.trial_id) != node:  # where it runs (a retry may move)
             client.set_tag(run_id, "ray_node_id", node)

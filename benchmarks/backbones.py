@@ -1,0 +1,189 @@
+"""`python -m benchmarks.backbones [--quick]`: the reports' backbone searches (blood cells and
+gemstones tune a head on a frozen or last-block VGG16), on generated photos of the
+gemstones report's shape: 10 classes, 30 training, 5 validation and 10 test photos per
+class. VGG16 has random weights (the compute of ImageNet's, with no download).
+
+1. At 224 px, as the report: a frozen-VGG16 trial's epoch, whole model on pixels (the path
+   before the feature cache) against the trained part on features computed once; the
+   one-time extraction and the cache's size; each checkpoint before and after. Both with
+   0 and 4 trainable layers. Augmented trials train on pixels either way.
+2. The whole search, the same trials both ways (`search.feature_cache` on and off, same
+   seed), ASHA as in the space: its wall time and the search folder's peak size, watched
+   while it runs. At 64 px and 12 trials of up to 12 epochs (`--quick`: 8 trials of up to
+   9), so that the path before the cache fits in minutes on 2 cores.
+
+Ends with lines for scripts: `epoch_speedup=`, `search_speedup=`,
+`largest_checkpoint_mb=`, `peak_folder_mb=`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from search.driver import Options, run_search
+from search.space import Fixed, Space, load_space
+from trainables.config import TrialConfig
+from trainables.data import list_images
+from trainables.features import features, frozen_key
+from trainables.images import load_arrays
+from trainables.models import compile_model, join
+from trainables.resources import configure_tensorflow
+from trainables.train import TrialData, train
+
+HERE = Path(__file__).parent
+PER_CLASS = {"train": 30, "validation": 5, "test": 10}  # the gemstones report's counts
+N_CLASSES = 10
+
+
+def write_photos(root: Path, seed: int = 0) -> Path:
+    """JPEG photos, 256 px, per split and class: a coloured blob of the class's hue and size
+    on a noisy background (left as they are if already written)."""
+    if (root / "test" / f"class{N_CLASSES - 1}").is_dir():
+        return root
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:256, :256]
+    for split, n in PER_CLASS.items():
+        for c in range(N_CLASSES):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            colour = np.array([25 * c, 255 - 20 * c, 120 + 10 * (c % 3)])
+            for i in range(n):
+                pixels = rng.normal(110, 45, (256, 256, 3))
+                cy, cx = rng.integers(60, 196, 2)
+                blob = (yy - cy) ** 2 + (xx - cx) ** 2 < (20 + 4 * c + rng.integers(0, 8)) ** 2
+                pixels[blob] = colour + rng.normal(0, 20, 3)
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+                    folder / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+def _size_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+
+
+def epoch_figures(space: Space, trainable_layers: int, cache: Path) -> dict[str, Any]:
+    """One trial of the report's model 2 (frozen VGG16, flatten, dense 256, dropout, dense
+    128, Adam), at 224 px, on pixels and on cached features."""
+    config: TrialConfig = space.baselines["model2"].replace(
+        backbone_trainable_layers=trainable_layers)
+    listing = list_images(space.data, space.seed)
+    data = TrialData(*(load_arrays(listing.splits[s], config.image_size, "rgb", cache)
+                       for s in ("train", "validation")), len(listing.classes))
+    out: dict[str, Any] = {"trainable_layers": trainable_layers}
+
+    def timed(feature_cache: bool, epochs: int) -> list[float]:
+        marks = [time.perf_counter()]
+        parts = train(config, data, lambda m, _: marks.append(time.perf_counter()),
+                      epochs=epochs, feature_cache=feature_cache)
+        out["parts"] = parts
+        return list(np.diff(marks))
+
+    out["pixels_epoch_s"] = timed(False, 1)[0]
+    parts = out.pop("parts")
+    started = time.perf_counter()
+    key = frozen_key(config, parts.frozen)
+    cached = [features(parts.frozen, data.train, key), features(parts.frozen, data.validation,
+                                                                  key)]
+    out["extraction_s"] = time.perf_counter() - started
+    out["cache_mb"] = sum(a.images.nbytes for a in cached) / 2**20
+    out["images"] = sum(len(a.labels) for a in cached)
+    out["features_epoch_s"] = float(np.median(timed(True, 4)[1:]))  # after the first
+    parts = out.pop("parts")
+    with tempfile.TemporaryDirectory() as folder:
+        parts.trained.save(Path(folder) / "trained.keras")
+        whole = join(parts)  # the checkpoint before: the whole model and its optimizer
+        compile_model(whole, config, parts.trained.optimizer)
+        whole.save(Path(folder) / "whole.keras")
+        out["checkpoint_mb"] = (Path(folder) / "trained.keras").stat().st_size / 2**20
+        out["whole_checkpoint_mb"] = (Path(folder) / "whole.keras").stat().st_size / 2**20
+    return out
+
+
+def search_figures(space: Space, feature_cache: bool, folder: Path) -> dict[str, Any]:
+    """The search run once from a fresh cache (extraction counted), its folder watched."""
+    space = dataclasses.replace(
+        space, data=dataclasses.replace(space.data, cache_dir=folder / "cache"),
+        search=dataclasses.replace(space.search, feature_cache=feature_cache))
+    storage, peak, done = folder / "ray", [0.0], threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.2):
+            if storage.exists():
+                peak[0] = max(peak[0], _size_mb(storage))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    started = time.perf_counter()
+    try:
+        outcome = run_search(space, Options(f"sqlite:///{folder / 'mlflow.db'}", storage))
+    finally:
+        done.set()
+        watcher.join()
+    table = outcome.table
+    return {"wall_s": time.perf_counter() - started, "trials": len(table),
+            "epochs": int(table["epochs_run"].sum()), "peak_folder_mb": peak[0],
+            "final_folder_mb": _size_mb(storage),
+            "on_features": int((table["trained_on"] == "features").sum()),
+            "best_val_accuracy": float(table["best_val_accuracy"].max()),
+            "test_accuracy": outcome.held_out_accuracy}
+
+
+def smaller(space: Space, image_size: int, num_samples: int, max_epochs: int) -> Space:
+    asha = dataclasses.replace(space.search.asha, max_epochs=max_epochs, grace_period=3)
+    return dataclasses.replace(
+        space, params={**space.params, "image_size": Fixed(image_size)},
+        baselines={n: b.replace(image_size=image_size) for n, b in space.baselines.items()},
+        search=dataclasses.replace(space.search, num_samples=num_samples, asha=asha))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.backbones", description=__doc__)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    configure_tensorflow(float(os.cpu_count() or 1), 0.0)
+    space = load_space(HERE / "gemstones.yaml")
+    write_photos(Path(space.data.root))
+    with tempfile.TemporaryDirectory() as tmp:
+        print("1. a trial of the report's model 2 at 224 px (frozen VGG16 + flatten, dense "
+              f"256, dense 128; Adam), {os.cpu_count()} CPUs")
+        epochs = [epoch_figures(space, n, Path(tmp) / "cache") for n in (0, 4)]
+        for e in epochs:
+            print(f"  {e['trainable_layers']} trainable layers: epoch on pixels "
+                  f"{e['pixels_epoch_s']:.1f} s, on features {e['features_epoch_s']:.2f} s "
+                  f"({e['pixels_epoch_s'] / e['features_epoch_s']:.0f}x); extraction once "
+                  f"{e['extraction_s']:.1f} s for {e['images']} images, cache "
+                  f"{e['cache_mb']:.0f} MB; checkpoint {e['checkpoint_mb']:.1f} MB "
+                  f"(the whole model's: {e['whole_checkpoint_mb']:.1f} MB)")
+    size, n, max_epochs = (64, 8, 9) if args.quick else (64, 12, 12)
+    small = smaller(space, size, n, max_epochs)
+    print(f"\n2. the whole search: {n} trials at {size} px, ASHA up to {max_epochs} epochs, "
+          "grace 3, 2 at a time")
+    runs = {}
+    for feature_cache in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs[feature_cache] = r = search_figures(small, feature_cache, Path(tmp))
+        print(f"  feature cache {'on ' if feature_cache else 'off'}: {r['wall_s']:.0f} s, "
+              f"{r['trials']} trials ({r['on_features']} on features), {r['epochs']} epochs, "
+              f"folder peak {r['peak_folder_mb']:.1f} MB (at the end "
+              f"{r['final_folder_mb']:.1f} MB), best val {r['best_val_accuracy']:.3f}, "
+              f"test {r['test_accuracy']:.3f}")
+    frozen = epochs[0]
+    print(f"\nepoch_speedup={frozen['pixels_epoch_s'] / frozen['features_epoch_s']:.1f}")
+    print(f"search_speedup={runs[False]['wall_s'] / runs[True]['wall_s']:.2f}")
+    print(f"largest_checkpoint_mb={max(e['checkpoint_mb'] for e in epochs):.1f}")
+    print(f"peak_folder_mb={runs[True]['peak_folder_mb']:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
