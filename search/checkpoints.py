@@ -10,8 +10,7 @@ cannot resume the trial. `CheckpointPruner` deletes a checkpoint only once a sna
 names a newer one has reached the storage path, so a trial holds at most its best, its
 latest, the one the saved snapshot names (usually the latest: snapshots come every 10 s or
 more) and the one being written. `prune` runs once `fit` has returned, when Tune's final
-snapshot names each trial's end: no trial of that part runs again (a resume finishes a part
-whose driver died; an extension adds new trials), so each keeps only its best.
+snapshot names each trial's end, and keeps the best and the latest.
 """
 
 from __future__ import annotations
@@ -43,10 +42,10 @@ def best_checkpoint(checkpoints: list[tuple[tune.Checkpoint, dict[str, Any]]]
 
 
 def prune(grid: tune.ResultGrid) -> None:
-    """Delete each ended trial's checkpoints but its best (its latest if none has METRIC)."""
+    """Delete each trial's checkpoints but its best and its latest."""
     for result in grid:
-        kept = best_checkpoint(result.best_checkpoints) or result.checkpoint
-        keep = {kept.path} if kept else set()
+        kept = (best_checkpoint(result.best_checkpoints), result.checkpoint)
+        keep = {checkpoint.path for checkpoint in kept if checkpoint}
         # the folder, not Tune's list: a killed driver's snapshot may miss its last ones
         for info in result.filesystem.get_file_info(FileSelector(result.path)):
             if info.base_name.startswith(CHECKPOINT_PREFIX) and info.path not in keep:

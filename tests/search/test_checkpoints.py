@@ -28,7 +28,7 @@ def test_no_checkpoint_without_the_metric(tmp_path) -> None:
 def test_a_running_search_holds_few_checkpoints_per_trial(ray_local, tmp_path: Path,
                                                           monkeypatch) -> None:
     """Watched while it runs, no trial ever holds more than its best, its latest, the one the
-    saved snapshot names and the one being written; when it ends, its best alone."""
+    saved snapshot names and the one being written; when it ends, its best and latest."""
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "1")  # snapshots as a longer search has
     monkeypatch.chdir(tmp_path)
     space = write_space(tmp_path, num_samples=2, epochs=25)
@@ -53,4 +53,4 @@ def test_a_running_search_holds_few_checkpoints_per_trial(ray_local, tmp_path: P
         watcher.join()
     assert len(most) == 2 and 1 <= max(most.values()) <= 4, most
     trials = list(storage.glob("*/part-*/run_trial_*"))
-    assert all(len(list(t.glob("checkpoint_*"))) == 1 for t in trials)
+    assert all(1 <= len(list(t.glob("checkpoint_*"))) <= 2 for t in trials)
