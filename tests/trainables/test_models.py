@@ -130,7 +130,7 @@ def test_the_frozen_part_computed_once_trains_the_same_model(
     runs = {}
     for feature_cache in (True, False):
         reports: list[dict] = []
-        parts = train(config, tiny_photos(), lambda m, _: reports.append(m), epochs=2,
+        parts = train(config, tiny_photos(), lambda m, _, r=reports: r.append(m), epochs=2,
                       feature_cache=feature_cache)
         runs[feature_cache] = reports
     on_features, on_pixels = runs[True], runs[False]
