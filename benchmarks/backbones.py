@@ -36,7 +36,7 @@ from trainables.config import TrialConfig
 from trainables.data import list_images
 from trainables.features import features, frozen_key
 from trainables.images import load_arrays
-from trainables.models import compile_model, join
+from trainables.models import Parts, compile_model, join
 from trainables.resources import configure_tensorflow
 from trainables.train import TrialData, train
 
@@ -81,15 +81,15 @@ def epoch_figures(space: Space, trainable_layers: int, cache: Path) -> dict[str,
                        for s in ("train", "validation")), len(listing.classes))
     out: dict[str, Any] = {"trainable_layers": trainable_layers}
 
-    def timed(feature_cache: bool, epochs: int) -> list[float]:
+    def timed(feature_cache: bool, epochs: int) -> tuple[list[float], Parts]:
+        """Each epoch's seconds, and the trained model's parts."""
         marks = [time.perf_counter()]
         parts = train(config, data, lambda m, _: marks.append(time.perf_counter()),
                       epochs=epochs, feature_cache=feature_cache)
-        out["parts"] = parts
-        return list(np.diff(marks))
+        return list(np.diff(marks)), parts
 
-    out["pixels_epoch_s"] = timed(False, 1)[0]
-    parts = out.pop("parts")
+    seconds, parts = timed(False, 1)
+    out["pixels_epoch_s"] = seconds[0]
     started = time.perf_counter()
     key = frozen_key(config, parts.frozen)
     cached = [features(parts.frozen, data.train, key), features(parts.frozen, data.validation,
@@ -97,8 +97,8 @@ def epoch_figures(space: Space, trainable_layers: int, cache: Path) -> dict[str,
     out["extraction_s"] = time.perf_counter() - started
     out["cache_mb"] = sum(a.images.nbytes for a in cached) / 2**20
     out["images"] = sum(len(a.labels) for a in cached)
-    out["features_epoch_s"] = float(np.median(timed(True, 4)[1:]))  # after the first
-    parts = out.pop("parts")
+    seconds, parts = timed(True, 4)
+    out["features_epoch_s"] = float(np.median(seconds[1:]))  # after the first
     with tempfile.TemporaryDirectory() as folder:
         parts.trained.save(Path(folder) / "trained.keras")
         whole = join(parts)  # the checkpoint before: the whole model and its optimizer

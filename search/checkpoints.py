@@ -27,7 +27,7 @@ from search.objective import METRIC, MODE
 
 CHECKPOINT_PREFIX = "checkpoint_"  # how Tune names a trial's checkpoint folders
 STATE_GLOB = "experiment_state-*.json"  # Tune's snapshot of the experiment
-CHECK_EVERY_S = 1.0  # how often the pruner looks for a new snapshot on the storage path
+CHECK_EVERY_S = 1.0  # how often the pruner reads the snapshot on the storage path
 MAX_STAGED = 20  # snapshots staged and awaited on the storage path
 
 
@@ -62,7 +62,7 @@ class CheckpointPruner(tune.Callback):
         # snapshots staged by the driver and not yet seen on the storage path, oldest first:
         # (hash of the snapshot, trial id -> its latest checkpoint then)
         self._staged: list[tuple[str, dict[str, str]]] = []
-        self._staged_mtime = self._stored_mtime = 0.0
+        self._staged_mtime = self._stored_mtime = 0
         self._checked = 0.0
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any,
@@ -72,24 +72,31 @@ class CheckpointPruner(tune.Callback):
         self._prune(trial.trial_id)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        if not trials or time.monotonic() - self._checked < CHECK_EVERY_S:
+        if not trials:
+            return
+        storage = trials[0].storage
+        # the newest: a resumed experiment stages a new file beside the killed driver's
+        state = _newest(Path(storage.experiment_driver_staging_path))
+        if state is None:
+            return
+        # every step: Tune stages its snapshot in this step, after this step's checkpoints
+        # were registered, so what is registered now is what that snapshot names (a later
+        # look would credit it with checkpoints registered after it)
+        mtime = state.stat().st_mtime_ns
+        if mtime != self._staged_mtime:
+            self._staged_mtime = mtime
+            latest = {t: held[-1][0].path for t, held in self._held.items()}
+            self._staged.append((_digest(state.read_bytes()), latest))
+            del self._staged[:-MAX_STAGED]  # copies lost in Tune's syncer are never matched
+        if not self._staged or time.monotonic() - self._checked < CHECK_EVERY_S:
             return
         self._checked = time.monotonic()
-        storage = trials[0].storage
-        staged = _newest(Path(storage.experiment_driver_staging_path))
-        if staged is not None and staged.stat().st_mtime != self._staged_mtime:
-            # the driver wrote a snapshot: it names every checkpoint registered so far
-            self._staged_mtime = staged.stat().st_mtime
-            latest = {t: held[-1][0].path for t, held in self._held.items()}
-            self._staged.append((_digest(staged.read_bytes()), latest))
-            del self._staged[:-MAX_STAGED]  # copies lost in Tune's syncer are never matched
-        if staged is None or not self._staged:
-            return
-        fs, path = storage.storage_filesystem, f"{storage.experiment_fs_path}/{staged.name}"
+        fs = storage.storage_filesystem
+        path = f"{storage.experiment_fs_path}/{state.name}"
         stored = fs.get_file_info(path)
-        if stored.type != FileType.File or stored.mtime.timestamp() == self._stored_mtime:
+        if stored.type != FileType.File or stored.mtime_ns == self._stored_mtime:
             return
-        self._stored_mtime = stored.mtime.timestamp()
+        self._stored_mtime = stored.mtime_ns
         with fs.open_input_stream(path) as stream:
             digest = _digest(stream.readall())
         # the storage path holds a snapshot only when its bytes are one the driver staged
@@ -116,7 +123,7 @@ class CheckpointPruner(tune.Callback):
 
 
 def _newest(folder: Path) -> Path | None:
-    states = sorted(folder.glob(STATE_GLOB), key=lambda p: p.stat().st_mtime)
+    states = sorted(folder.glob(STATE_GLOB), key=lambda p: p.stat().st_mtime_ns)
     return states[-1] if states else None
 
 

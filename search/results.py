@@ -13,6 +13,7 @@ import pandas as pd
 
 from search.objective import METRIC
 from trainables.config import BASELINE_KEY
+from trainables.train import TRAINED_ON
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class TrialRecord:
     def trained_on(self) -> str:
         """"features" (cached backbone output), "pixels", or "" before its first epoch."""
         h = self.history
-        return str(h["trained_on"].iloc[-1]) if "trained_on" in h and len(h) else ""
+        return str(h[TRAINED_ON].iloc[-1]) if TRAINED_ON in h and len(h) else ""
 
 
 def records_from_grid(grid: Any, stopped: set[str]) -> list[TrialRecord]:
@@ -70,7 +71,7 @@ def results_table(records: list[TrialRecord]) -> pd.DataFrame:
             "val_loss": float(h["val_loss"].iloc[-1]) if has else float("nan"),
             "accuracy": float(h["accuracy"].iloc[-1]) if has else float("nan"),
             "wall_s": r.wall_s,
-            "trained_on": r.trained_on,
+            TRAINED_ON: r.trained_on,
             "error": r.error or "",
             **{k: v for k, v in r.config.items() if k != BASELINE_KEY},
         })

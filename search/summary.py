@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from trainables.train import ON_FEATURES, TRAINED_ON
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -28,7 +30,7 @@ def print_summary(outcome: Outcome, tracking_uri: str) -> None:
     print(f"\nsearch {outcome.name}: {len(table)} trials "
           f"({counts.get('completed', 0)} completed, {counts.get('stopped', 0)} stopped early "
           f"by ASHA, {counts.get('failed', 0)} failed)")
-    on_features = int((table["trained_on"] == "features").sum()) if "trained_on" in table else 0
+    on_features = int((table[TRAINED_ON] == ON_FEATURES).sum()) if TRAINED_ON in table else 0
     if on_features:
         print(f"{on_features} trained on the frozen backbone's output computed once, "
               f"{len(table) - on_features} on pixels")

@@ -21,10 +21,9 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from search.objective import METRIC
 from search.results import TrialRecord
-from trainables.train import METRICS
+from trainables.train import METRICS, TRAINED_ON
 
 TRIAL_ID = "trial_id"  # the tag that ties a child run to its Ray trial
-TRAINED_ON = "trained_on"  # the tag (and result key): "features" (cached) or "pixels"
 
 
 def trial_runs(client: MlflowClient, parent_run_id: str,

@@ -25,8 +25,8 @@ from trainables.pipeline import augmentation, make_dataset
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 Report = Callable[[dict[str, float | str], keras.Model], None]
-# what a trial's reports say it trained on (`trained_on`)
-ON_FEATURES, ON_PIXELS = "features", "pixels"
+# the report key (and MLflow tag) saying what a trial trained on, and its two values
+TRAINED_ON, ON_FEATURES, ON_PIXELS = "trained_on", "features", "pixels"
 
 
 class TrialFailed(RuntimeError):
@@ -80,7 +80,7 @@ class _ReportEachEpoch(keras.callbacks.Callback):
             raise TrialFailed(f"metrics not finite at epoch {epoch + 1}: {metrics}")
         timings = {"step_s": self._step_s, "trace_s": self._trace_s}
         self._step_s = self._trace_s = 0.0
-        self.report({**metrics, "epoch": epoch + 1, **timings, "trained_on": self.trained_on},
+        self.report({**metrics, "epoch": epoch + 1, **timings, TRAINED_ON: self.trained_on},
                     self.trained)
 
 
