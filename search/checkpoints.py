@@ -1,24 +1,40 @@
-"""Which of a trial's checkpoints a search keeps: its best by `val_accuracy` (the model the
-search registers) and its latest (where a resumed trial continues).
+"""Which of a trial's checkpoints a search keeps, while it runs and once it ends.
 
-Tune resumes a killed driver's experiment from its last snapshot, which names each trial's
-latest checkpoint as it was then; any checkpoint deleted after that snapshot makes the trial
-impossible to resume. Tune's own pruning (`CheckpointConfig(num_to_keep=…)`) deletes an
-older checkpoint as soon as a newer one is registered, before the next snapshot; pruning
-when a trial ends has the same flaw for a trial that ended after the last snapshot. So Tune
-keeps every checkpoint while its experiment runs, and `prune` runs once `fit` has returned,
-when Tune's final snapshot names each trial's end."""
+A running trial needs its latest checkpoint, with the optimizer's state, to go on after its
+worker dies, and its best by `val_accuracy` (the model the search may register). A driver
+killed at any moment resumes each trial from the latest checkpoint that Tune's last saved
+experiment state names, which may be older than the latest Tune holds in memory. So
+`CheckpointPruner` reads that saved state, as Tune's restore reads it, whenever it changes,
+and deletes each trial's checkpoints but its best and latest, in memory and as saved, as
+soon as either changes. A
+finished trial (as saved too) is never resumed: it keeps its best alone, without the
+optimizer's state. Tune's own `CheckpointConfig(num_to_keep=…)` deletes an older checkpoint
+as soon as a newer one is registered, before any saved state names the newer one: a driver
+killed then leaves a trial that cannot resume.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from pyarrow.fs import FileSelector
+from pyarrow.fs import FileSelector, FileSystem, FileType, LocalFileSystem
 from ray import tune
+from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+from ray.tune.experiment import Trial
+from ray.tune.trainable.metadata import _TrainingRunMetadata
+from ray.tune.utils.serialization import _loads_with_cloudpickle
 
 from search.objective import METRIC, MODE
+from trainables.checkpoint import OPTIMIZER_FILE
 
 CHECKPOINT_PREFIX = "checkpoint_"  # how Tune names a trial's checkpoint folders
+# a trial that ended: a resumed search does not run it again (an errored one waits for the
+# part's end: a trial retried after its worker died passes through no final status)
+FINAL = Trial.TERMINATED
 
 
 def best_checkpoint(checkpoints: list[tuple[tune.Checkpoint, dict[str, Any]]]
@@ -31,12 +47,162 @@ def best_checkpoint(checkpoints: list[tuple[tune.Checkpoint, dict[str, Any]]]
     return pick(scored, key=lambda pair: pair[1])[0] if scored else None
 
 
+@dataclass(frozen=True)
+class Kept:
+    """A trial's checkpoints (folder names) that must stay: `resumable` with the optimizer's
+    state, `registrable` at least with the model."""
+    resumable: frozenset[str]
+    registrable: frozenset[str]
+
+
+def kept(final: bool, latest: tune.Checkpoint | None,
+         checkpoints: list[tuple[tune.Checkpoint, dict[str, Any]]]) -> Kept:
+    """What one view of a trial (Tune's, in memory or as saved) needs: its best, and its
+    latest unless the trial is `final`."""
+    best = best_checkpoint(checkpoints)
+    return Kept(frozenset([_name(latest)] if latest and not final else []),
+                frozenset([_name(best)] if best else []))
+
+
+def thin(fs: FileSystem, trial_path: str, registered: list[str], views: list[Kept]) -> set[str]:
+    """Delete the `registered` checkpoints of a trial that no view keeps, and the optimizer's
+    state of those kept only to register; return the paths deleted. Folders Tune has not
+    registered are left alone: one may be being written."""
+    resumable = frozenset().union(*(view.resumable for view in views))
+    registrable = frozenset().union(*(view.registrable for view in views))
+    deleted = set()
+    for name in registered:
+        path = f"{trial_path}/{name}"
+        if name not in resumable | registrable:
+            _delete(fs.delete_dir, path)
+            deleted.add(path)
+        elif name not in resumable:
+            _delete(fs.delete_file, f"{path}/{OPTIMIZER_FILE}")
+            deleted.add(f"{path}/{OPTIMIZER_FILE}")
+    return deleted
+
+
+def _delete(delete: Any, path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):  # gone already (an earlier part's prune)
+        delete(path)
+
+
+class CheckpointPruner(tune.Callback):
+    """Keeps each trial's checkpoints down to what resuming and registering need (the module
+    docstring says what), acting whenever a trial checkpoints or ends and whenever Tune saves
+    its experiment state.
+
+    Tune saves the state in two steps: the driver writes it to a staging folder, then a
+    background thread copies it to the storage path, where a resumed search reads it. A copy
+    under way may carry any state staged since the last one that landed, so the pruner keeps
+    what each of those names too, until the storage path holds a later one."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, tuple[Any, ...]] = {}  # stamp of each state file last read
+        self._landed: dict[str, Kept] = {}  # what the state on the storage path keeps
+        self._staged: list[tuple[bytes, dict[str, Kept]]] = []  # (digest, keeps), oldest first
+        self._changed: set[Trial] = set()  # trials that checkpointed or ended since
+        self._deleted: set[str] = set()  # paths deleted already, not to ask the storage again
+
+    def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial,
+                      checkpoint: tune.Checkpoint, **info: Any) -> None:
+        self._changed.add(trial)  # Tune registers the checkpoint after this call
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
+                          **info: Any) -> None:
+        self._changed.add(trial)
+
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        if trials:
+            self._prune(trials)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        if trials:
+            self._files.clear()  # the final state may keep a file's stamp: read it anyway
+            self._prune(trials)
+
+    def _prune(self, trials: list[Trial]) -> None:
+        storage = trials[0].storage
+        staged = self._read(storage.experiment_driver_staging_path, None)
+        landed = self._read(storage.experiment_fs_path, storage.storage_filesystem)
+        if staged is False or landed is False:
+            return  # a state file half-written: act once it can be read
+        if staged and (not self._staged or staged[0] != self._staged[-1][0]):
+            self._staged.append(staged)
+        if landed:
+            self._landed = landed[1]
+            digests = [digest for digest, _ in self._staged]
+            if landed[0] in digests:  # copies land in order: the earlier will not land
+                self._staged = self._staged[digests.index(landed[0]):]
+        changed = trials if staged or landed else list(self._changed)
+        self._changed.clear()
+        saved = [self._landed] + [keeps for _, keeps in self._staged]
+        for trial in changed:
+            results = trial.run_metadata.checkpoint_manager.best_checkpoint_results
+            if not results:
+                continue
+            in_memory = kept(trial.status == FINAL, trial.checkpoint,
+                             [(r.checkpoint, r.metrics) for r in results])
+            trial_path = trial.storage.trial_fs_path
+            names = [_name(r.checkpoint) for r in results]
+            self._deleted |= thin(
+                trial.storage.storage_filesystem, trial_path,
+                [name for name in names if f"{trial_path}/{name}" not in self._deleted],
+                [in_memory] + [keeps[trial.trial_id] for keeps in saved
+                               if trial.trial_id in keeps])
+
+    def _read(self, folder: str, fs: FileSystem | None
+              ) -> tuple[bytes, dict[str, Kept]] | None | Literal[False]:
+        """The digest of Tune's newest state file in `folder` and what it keeps, if it
+        changed since the last read; None if it did not (or there is none yet); False if it
+        cannot be read whole."""
+        path = _find_newest_experiment_checkpoint(folder, fs)
+        if path is None:
+            return None
+        fs = fs or LocalFileSystem()
+        info = fs.get_file_info(path)
+        stamp = (path, info.mtime_ns, info.size)
+        if self._files.get(folder) == stamp:
+            return None
+        try:
+            with fs.open_input_stream(path) as stream:
+                text = stream.readall()
+            keeps = _saved_views(text)
+        except (OSError, ValueError):
+            return False
+        self._files[folder] = stamp
+        return hashlib.blake2b(text).digest(), keeps
+
+
+def _saved_views(text: bytes) -> dict[str, Kept]:
+    """What each trial needs as Tune's saved experiment state has it, by trial id."""
+    views = {}
+    for trial_json, metadata_json in json.loads(text)["trial_data"]:
+        trial = _loads_with_cloudpickle(trial_json)
+        manager = _TrainingRunMetadata.from_json_state(metadata_json).checkpoint_manager
+        latest = manager.latest_checkpoint_result
+        views[trial["trial_id"]] = kept(
+            trial["status"] == FINAL, latest.checkpoint if latest else None,
+            [(r.checkpoint, r.metrics) for r in manager.best_checkpoint_results])
+    return views
+
+
+def _name(checkpoint: tune.Checkpoint) -> str:
+    return checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
+
+
 def prune(grid: tune.ResultGrid) -> None:
-    """Delete each trial's checkpoints but its best and its latest."""
+    """Once a Tune part has ended: delete each trial's checkpoints but its best, and the
+    best's optimizer state. Any folder goes, not only those Tune lists: a killed driver's
+    trials may have written some after its last saved state."""
     for result in grid:
-        kept = (best_checkpoint(result.best_checkpoints), result.checkpoint)
-        keep = {checkpoint.path for checkpoint in kept if checkpoint}
-        # the folder, not Tune's list: a killed driver's snapshot may miss its last ones
+        best = best_checkpoint(result.best_checkpoints) or result.checkpoint
+        keep = _name(best) if best else None
         for info in result.filesystem.get_file_info(FileSelector(result.path)):
-            if info.base_name.startswith(CHECKPOINT_PREFIX) and info.path not in keep:
+            if info.type != FileType.Directory or not info.base_name.startswith(
+                    CHECKPOINT_PREFIX):
+                continue
+            if info.base_name != keep:
                 result.filesystem.delete_dir(info.path)
+            else:
+                _delete(result.filesystem.delete_file, f"{info.path}/{OPTIMIZER_FILE}")

@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from search.checkpoints import best_checkpoint, prune
+from search.checkpoints import CheckpointPruner, best_checkpoint, prune
 from search.evaluation import confusion_figure, curves_figure, evaluate, predicted_classes
 from search.folder import STUDY_NAME, ResumeError, SearchFolder
 from search.objective import METRIC
@@ -189,7 +189,7 @@ def _run_parts(space: Space, listing: Listing, options: Options,
 
 
 def _fit(tuner: tune.Tuner) -> tune.ResultGrid:
-    """Run a Tune part to its end, then keep each trial's best and latest checkpoints."""
+    """Run a Tune part to its end, then keep each trial's best checkpoint alone."""
     grid = tuner.fit()
     prune(grid)
     return grid
@@ -225,9 +225,10 @@ def _new_part(space: Space, options: Options, folder: SearchFolder, trainable: A
         run_config=tune.RunConfig(
             name=part, storage_path=str(folder.path),
             stop=EpochBudget(options.epoch_budget) if options.epoch_budget else None,
-            # our progress line replaces Tune's status tables
-            # every checkpoint is kept until the experiment ends (search/checkpoints.py)
-            callbacks=[logger, ProgressCallback(num_samples, scheduler.stopped)], verbose=0,
+            # our progress line replaces Tune's status tables; the pruner keeps checkpoints
+            # down to what resuming and registering need (search/checkpoints.py)
+            callbacks=[logger, ProgressCallback(num_samples, scheduler.stopped),
+                       CheckpointPruner()], verbose=0,
             # a trial whose worker died is retried from its latest checkpoint
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
         ),

@@ -2,16 +2,14 @@
 
 It turns Ray's flat config into a `TrialConfig`, sizes TensorFlow to the trial's resources,
 resumes from the trial's last checkpoint if Ray restarted it, and reports every epoch through
-`ray.tune.report` with what training changed saved as a native `.keras` file: the trained
-part of the model (the head and any fine-tuned backbone layers, with the optimizer state),
-never a frozen backbone again; `whole_model` joins it to the frozen part the config
-rebuilds. A trial that runs out of memory fails with a `TrialOutOfMemory` that says so; the search goes on. Only `ray.tune` is
+`ray.tune.report` with what training changed as its checkpoint (`trainables.checkpoint`:
+the trained part of the model and its optimizer's state, never a frozen backbone again);
+`whole_model` joins it to the frozen part the config rebuilds. A trial that runs out of memory fails with a `TrialOutOfMemory` that says so; the search goes on. Only `ray.tune` is
 imported: the `ray.train` reporting functions raise inside Tune.
 """
 
 from __future__ import annotations
 
-import json
 import resource
 import tempfile
 import time
@@ -24,14 +22,13 @@ import tensorflow as tf
 from ray import tune
 
 from search.space import Space
+from trainables import checkpoint as saved
 from trainables.config import TrialConfig
 from trainables.data import Listing
 from trainables.images import load_arrays
 from trainables.models import Parts, frozen_part, join
 from trainables.resources import configure_tensorflow, freeze_imports
 from trainables.train import TrialData, train
-
-MODEL_FILE, STATE_FILE = "model.keras", "state.json"
 
 
 class TrialOutOfMemory(RuntimeError):
@@ -54,8 +51,7 @@ def load_trial_data(space: Space, listing: Listing, config: TrialConfig) -> Tria
 def whole_model(folder: Path, config: TrialConfig, channels: int) -> keras.Model:
     """The whole classifier on raw pixels from a trial's checkpoint folder: its trained part
     joined to the frozen part that `config` rebuilds."""
-    trained = keras.models.load_model(folder / MODEL_FILE)
-    return join(Parts(frozen_part(config, channels), trained))
+    return join(Parts(frozen_part(config, channels), saved.load_trained(folder)))
 
 
 def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None:
@@ -75,14 +71,12 @@ def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            trained = keras.models.load_model(Path(folder) / MODEL_FILE)
-            initial_epoch = json.loads((Path(folder) / STATE_FILE).read_text())["epoch"]
+            trained, initial_epoch = saved.resume(Path(folder), config)
 
     def report(metrics: dict[str, float | str], trained: keras.Model) -> None:
         with tempfile.TemporaryDirectory() as folder:
             saving = time.perf_counter()
-            trained.save(Path(folder) / MODEL_FILE)
-            (Path(folder) / STATE_FILE).write_text(json.dumps({"epoch": metrics["epoch"]}))
+            saved.save(trained, Path(folder), int(metrics["epoch"]))
             timings = {"started_at": started_at, "node_id": node_id,
                        "checkpoint_s": time.perf_counter() - saving,
                        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

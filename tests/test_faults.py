@@ -235,7 +235,9 @@ def test_tracking_server_lost_mid_search_stops_cleanly_and_resume_writes_the_res
         assert len(children) == 3 and len(epochs) == 3
         for run in children:
             assert run.info.status == "FINISHED"
-            assert steps(url, run.info.run_id) == epochs[run.data.tags["trial_id"]] \
-                == list(range(1, 7))
+            # as after a killed driver, a trial goes on from the checkpoint Tune's last saved
+            # state names: an epoch reported after it is trained, and logged, again
+            for seen in (steps(url, run.info.run_id), epochs[run.data.tags["trial_id"]]):
+                assert seen == sorted(seen) and sorted(set(seen)) == list(range(1, 7))
     finally:
         stop_mlflow_server(server)

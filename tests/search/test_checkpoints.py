@@ -1,10 +1,24 @@
-"""Which checkpoint a search registers, decided without training."""
+"""Which checkpoints a search keeps: the one it registers, decided without training, and what
+each trial holds while a real local Tune runs a stand-in trainable."""
 
 from __future__ import annotations
 
-from ray import tune
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
 
-from search.checkpoints import best_checkpoint
+from ray import cloudpickle, tune
+
+from search.checkpoints import CHECKPOINT_PREFIX, CheckpointPruner, best_checkpoint, kept, thin
+from trainables.checkpoint import MODEL_FILE, OPTIMIZER_FILE, STATE_FILE
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers run stand_in
+
+# one trial's val_accuracy by epoch: its best comes early and is never beaten
+ACCURACIES = (0.5, 0.9, 0.6, 0.7, 0.65, 0.8, 0.7, 0.75, 0.6, 0.85, 0.7, 0.8, 0.7, 0.6)
 
 
 def test_best_checkpoint_is_the_first_with_the_highest_val_accuracy(tmp_path) -> None:
@@ -16,3 +30,78 @@ def test_best_checkpoint_is_the_first_with_the_highest_val_accuracy(tmp_path) ->
 def test_no_checkpoint_without_the_metric(tmp_path) -> None:
     assert best_checkpoint([]) is None
     assert best_checkpoint([(tune.Checkpoint(str(tmp_path)), {"loss": 0.1})]) is None
+
+
+def test_a_checkpoint_goes_once_no_view_keeps_it_and_its_optimizer_once_none_resumes_it(
+        tmp_path) -> None:
+    """Tune in memory names checkpoint 3 latest and 1 best; Tune's saved state still names 2
+    latest (a killed driver resumes from it); a finished trial resumes from none."""
+    from pyarrow.fs import LocalFileSystem
+    checkpoints = []
+    for i, accuracy in enumerate((0.9, 0.5, 0.7, 0.6)):
+        folder = tmp_path / f"{CHECKPOINT_PREFIX}{i}"
+        folder.mkdir()
+        (folder / OPTIMIZER_FILE).write_text("state")
+        checkpoints.append((tune.Checkpoint(str(folder)), {"val_accuracy": accuracy}))
+    unregistered = tmp_path / f"{CHECKPOINT_PREFIX}4"  # being written
+    unregistered.mkdir()
+    names = [f"{CHECKPOINT_PREFIX}{i}" for i in range(4)]
+    in_memory = kept(False, checkpoints[3][0], checkpoints)
+    saved = kept(False, checkpoints[2][0], checkpoints[:3])
+    thin(LocalFileSystem(), str(tmp_path), names, [in_memory, saved])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [names[0], *names[2:], unregistered.name]
+    assert not (tmp_path / names[0] / OPTIMIZER_FILE).exists()  # the best: only registered
+    assert (tmp_path / names[2] / OPTIMIZER_FILE).exists()
+    thin(LocalFileSystem(), str(tmp_path), names, [kept(True, checkpoints[3][0], checkpoints)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [names[0], unregistered.name]
+
+
+def stand_in(config: dict) -> None:
+    """Reports ACCURACIES with a checkpoint shaped like a trial's, a little apart."""
+    for epoch, accuracy in enumerate(ACCURACIES, 1):
+        with tempfile.TemporaryDirectory() as folder:
+            for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
+                (Path(folder) / name).write_bytes(b"0" * 10_000)
+            time.sleep(0.05)
+            tune.report({"val_accuracy": accuracy, "epoch": epoch},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def test_no_trial_ever_holds_more_than_resuming_and_registering_need(
+        ray_local, tmp_path: Path, monkeypatch) -> None:
+    """A watcher lists every trial's checkpoints while the search runs: a trial holds its
+    best and its latest, the latest Tune's saved state names, and the one being written;
+    once it ends, its best alone, without the optimizer's state."""
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0.5")  # several saved states a trial
+    most: dict[str, int] = defaultdict(int)
+    seen: dict[str, set[str]] = defaultdict(set)
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            counts: dict[str, int] = defaultdict(int)
+            for folder in tmp_path.glob(f"pruned/*/{CHECKPOINT_PREFIX}*"):
+                counts[folder.parent.name] += 1
+                seen[folder.parent.name].add(folder.name)
+            for trial, count in counts.items():
+                most[trial] = max(most[trial], count)
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        grid = tune.Tuner(
+            stand_in, tune_config=tune.TuneConfig(num_samples=3),
+            run_config=tune.RunConfig(name="pruned", storage_path=str(tmp_path), verbose=0,
+                                      callbacks=[CheckpointPruner()])).fit()
+    finally:
+        done.set()
+        watcher.join()
+    assert len(grid) == 3 and not grid.errors
+    assert len(most) == 3
+    assert all(len(names) >= len(ACCURACIES) - 2 for names in seen.values()), seen
+    assert max(most.values()) <= 4, most
+    for result in grid:
+        folders = sorted(Path(result.path).glob(f"{CHECKPOINT_PREFIX}*"))
+        assert [f.name for f in folders] == [f"{CHECKPOINT_PREFIX}000001"]  # epoch 2's
+        assert sorted(p.name for p in folders[0].iterdir()) == [MODEL_FILE, STATE_FILE]

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from search.space import load_space
+from trainables import checkpoint
 from trainables.config import TrialConfig
 from trainables.images import Arrays
-from trainables.models import build_model, build_parts, feature_map_size, join
+from trainables.models import Parts, build_model, build_parts, feature_map_size, frozen_part, join
 from trainables.train import TrialData, TrialFailed, train
 
 SPACES = Path(__file__).parents[2] / "spaces"
@@ -157,3 +158,31 @@ def test_a_checkpoint_holds_the_trained_part_only(tmp_path: Path) -> None:
     parts = build_parts(config, 10, 3)
     assert parts.trained.count_params() == 2048 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10
     assert parts.frozen.count_params() == 14_714_688  # VGG16 without its top
+
+
+def test_a_checkpoint_resumes_with_its_optimizer_and_registers_without_it(
+        tmp_path: Path) -> None:
+    """Resume gets the trained part and its optimizer's state back as they were; a checkpoint
+    that gave up its optimizer state still gives the whole model."""
+    config = TrialConfig(image_size=32, backbone="vgg16", backbone_weights="none",
+                         dense_units=(256,), batch_size=8, learning_rate=1e-3)
+    parts = train(config, tiny_photos(), lambda m, trained: checkpoint.save(trained, tmp_path,
+                                                                            m["epoch"]),
+                  epochs=1)
+    trained, epoch = checkpoint.resume(tmp_path, config)
+    assert epoch == 1
+    for got, want in [(trained.weights, parts.trained.weights),
+                      (trained.optimizer.variables, parts.trained.optimizer.variables)]:
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Adam keeps two numbers per weight: the model file holds the weights alone
+    model_bytes = (tmp_path / checkpoint.MODEL_FILE).stat().st_size
+    assert (tmp_path / checkpoint.OPTIMIZER_FILE).stat().st_size > 1.5 * model_bytes
+    checkpoint.drop_optimizer(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.MODEL_FILE,
+                                                          checkpoint.STATE_FILE]
+    whole = join(Parts(frozen_part(config, 3), checkpoint.load_trained(tmp_path)))
+    pixels = tiny_photos().train.images[:4].astype("float32")
+    np.testing.assert_allclose(whole.predict(pixels, verbose=0),
+                               join(parts).predict(pixels, verbose=0), atol=1e-6)
