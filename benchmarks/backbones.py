@@ -12,8 +12,11 @@ class. VGG16 has random weights (the compute of ImageNet's, with no download).
    while it runs. At 64 px and 12 trials of up to 12 epochs (`--quick`: 8 trials of up to
    9), so that the path before the cache fits in minutes on 2 cores.
 
+3. The 30-trial search's folder at 224 px, projected from part 1's checkpoint sizes and the
+   most checkpoints a trial held in part 2 (a search of that size on pixels takes hours here).
+
 Ends with lines for scripts: `epoch_speedup=`, `search_speedup=`,
-`largest_checkpoint_mb=`, `peak_folder_mb=`.
+`largest_checkpoint_mb=`, `peak_folder_mb=`, `projected_peak_224px_mb=`.
 """
 
 from __future__ import annotations
@@ -24,14 +27,17 @@ import os
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from search.checkpoints import CHECKPOINT_PREFIX
 from search.driver import Options, run_search
 from search.space import Fixed, Space, load_space
+from trainables import checkpoint
 from trainables.config import TrialConfig
 from trainables.data import list_images
 from trainables.features import features, frozen_key
@@ -100,11 +106,12 @@ def epoch_figures(space: Space, trainable_layers: int, cache: Path) -> dict[str,
     seconds, parts = timed(True, 4)
     out["features_epoch_s"] = float(np.median(seconds[1:]))  # after the first
     with tempfile.TemporaryDirectory() as folder:
-        parts.trained.save(Path(folder) / "trained.keras")
+        checkpoint.save(parts.trained, Path(folder), 4)  # what a trial's checkpoint holds
+        out["checkpoint_mb"] = _size_mb(Path(folder))
+        out["registrable_mb"] = (Path(folder) / checkpoint.MODEL_FILE).stat().st_size / 2**20
         whole = join(parts)  # the checkpoint before: the whole model and its optimizer
         compile_model(whole, config, parts.trained.optimizer)
         whole.save(Path(folder) / "whole.keras")
-        out["checkpoint_mb"] = (Path(folder) / "trained.keras").stat().st_size / 2**20
         out["whole_checkpoint_mb"] = (Path(folder) / "whole.keras").stat().st_size / 2**20
     return out
 
@@ -114,12 +121,14 @@ def search_figures(space: Space, feature_cache: bool, folder: Path) -> dict[str,
     space = dataclasses.replace(
         space, data=dataclasses.replace(space.data, cache_dir=folder / "cache"),
         search=dataclasses.replace(space.search, feature_cache=feature_cache))
-    storage, peak, done = folder / "ray", [0.0], threading.Event()
+    storage, peak, held, done = folder / "ray", [0.0], [0], threading.Event()
 
     def watch() -> None:
         while not done.wait(0.2):
             if storage.exists():
                 peak[0] = max(peak[0], _size_mb(storage))
+                trials = Counter(c.parent for c in storage.glob(f"*/*/*/{CHECKPOINT_PREFIX}*"))
+                held[0] = max([held[0], *trials.values()])
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -132,6 +141,7 @@ def search_figures(space: Space, feature_cache: bool, folder: Path) -> dict[str,
     table = outcome.table
     return {"wall_s": time.perf_counter() - started, "trials": len(table),
             "epochs": int(table["epochs_run"].sum()), "peak_folder_mb": peak[0],
+            "most_held": held[0],
             "final_folder_mb": _size_mb(storage),
             "on_features": int((table["trained_on"] == "features").sum()),
             "best_val_accuracy": float(table["best_val_accuracy"].max()),
@@ -162,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{e['pixels_epoch_s']:.1f} s, on features {e['features_epoch_s']:.2f} s "
                   f"({e['pixels_epoch_s'] / e['features_epoch_s']:.0f}x); extraction once "
                   f"{e['extraction_s']:.1f} s for {e['images']} images, cache "
-                  f"{e['cache_mb']:.0f} MB; checkpoint {e['checkpoint_mb']:.1f} MB "
-                  f"(the whole model's: {e['whole_checkpoint_mb']:.1f} MB)")
+                  f"{e['cache_mb']:.0f} MB; checkpoint {e['checkpoint_mb']:.1f} MB, "
+                  f"{e['registrable_mb']:.1f} MB without the optimizer's state (the whole "
+                  f"model's before: {e['whole_checkpoint_mb']:.1f} MB)")
     size, n, max_epochs = (64, 8, 9) if args.quick else (64, 12, 12)
     small = smaller(space, size, n, max_epochs)
     print(f"\n2. the whole search: {n} trials at {size} px, ASHA up to {max_epochs} epochs, "
@@ -175,13 +186,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  feature cache {'on ' if feature_cache else 'off'}: {r['wall_s']:.0f} s, "
               f"{r['trials']} trials ({r['on_features']} on features), {r['epochs']} epochs, "
               f"folder peak {r['peak_folder_mb']:.1f} MB (at the end "
-              f"{r['final_folder_mb']:.1f} MB), best val {r['best_val_accuracy']:.3f}, "
-              f"test {r['test_accuracy']:.3f}")
+              f"{r['final_folder_mb']:.1f} MB), at most {r['most_held']} checkpoints a "
+              f"trial, best val {r['best_val_accuracy']:.3f}, test {r['test_accuracy']:.3f}")
     frozen = epochs[0]
+    # at 224 px a flatten head is 12x larger than at 64: from part 1's checkpoints and the
+    # checkpoints a trial held above, what the report's 30 trials would need at most
+    kept, running = max(e["registrable_mb"] for e in epochs), max(e["checkpoint_mb"]
+                                                                   for e in epochs)
+    projected = 30 * kept + space.search.max_concurrent * runs[True]["most_held"] * running
+    print(f"\n3. projected peak of the 30-trial search at 224 px (report 5's head): 30 ended "
+          f"trials x {kept:.0f} MB (a best without its optimizer's state) + "
+          f"{space.search.max_concurrent} running x {runs[True]['most_held']} checkpoints x "
+          f"{running:.0f} MB = {projected:.0f} MB")
     print(f"\nepoch_speedup={frozen['pixels_epoch_s'] / frozen['features_epoch_s']:.1f}")
     print(f"search_speedup={runs[False]['wall_s'] / runs[True]['wall_s']:.2f}")
     print(f"largest_checkpoint_mb={max(e['checkpoint_mb'] for e in epochs):.1f}")
     print(f"peak_folder_mb={runs[True]['peak_folder_mb']:.1f}")
+    print(f"projected_peak_224px_mb={projected:.0f}")
     return 0
 
 

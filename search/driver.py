@@ -29,7 +29,7 @@ from search.evaluation import confusion_figure, curves_figure, evaluate, predict
 from search.folder import STUDY_NAME, ResumeError, SearchFolder
 from search.objective import METRIC
 from search.progress import ProgressCallback
-from search.results import best_trial, records_from_grid, results_table
+from search.results import all_failed, best_trial, records_from_grid, results_table
 from search.sampling import DefineByRun
 from search.searcher import (
     EpochBudget,
@@ -89,7 +89,8 @@ def _ray_init(address: str | None) -> None:
 
 def run_search(space: Space, options: Options) -> Outcome:
     """Run the search `space` describes (or resume and extend the last one) and record it in
-    MLflow. Trials that fail are recorded as failed; the search goes on without them."""
+    MLflow. Trials that fail are recorded as failed; the search goes on without them (and
+    its parent run ends FAILED if every trial failed)."""
     freeze_imports()
     check_server(options.tracking_uri)
     listing = prepare_data(space)
@@ -122,7 +123,7 @@ def run_search(space: Space, options: Options) -> Outcome:
         if best is not None:
             accuracy, evaluated_on, model_uri = _evaluate_and_register(
                 space, listing, results[best["trial_id"]], best["trial_id"], parent)
-        client.set_terminated(parent, "FINISHED")
+        client.set_terminated(parent, "FAILED" if all_failed(table) else "FINISHED")
     except BaseException:
         with contextlib.suppress(MlflowException):  # the server may be what failed
             client.set_terminated(parent, "FAILED")

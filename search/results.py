@@ -87,3 +87,14 @@ def best_trial(table: pd.DataFrame) -> pd.Series | None:
     model kept), or None if no trial reported one."""
     ok = table[table["best_val_accuracy"].notna()] if not table.empty else table
     return None if ok.empty else ok.loc[ok["best_val_accuracy"].idxmax()]
+
+
+def all_failed(table: pd.DataFrame) -> bool:
+    """Whether the search ran trials and every one failed."""
+    return len(table) > 0 and bool((table["status"] == "failed").all())
+
+
+def commonest_failure(table: pd.DataFrame) -> tuple[str, int]:
+    """The error most failed trials ended with, and how many did."""
+    errors = table.loc[table["status"] == "failed", "error"].value_counts()
+    return str(errors.index[0]), int(errors.iloc[0])

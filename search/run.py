@@ -2,7 +2,8 @@
 
 Bad input (a broken space file, missing or unusable data, a tracking server that does not
 answer, nothing to resume) ends with one message naming the problem and exit code 2, before
-any trial starts.
+any trial starts. A search in which every trial failed ends with exit code 1, naming the
+commonest failure; it registers no model.
 
 `--resume` goes on with the newest search of the space under `--storage-path`: a search whose
 driver was killed finishes (finished trials are kept, unfinished ones continue from their
@@ -75,12 +76,18 @@ def main(argv: list[str] | None = None) -> int:
             dry_run(space)
             return 0
         from search.driver import Options, run_search
+        from search.results import all_failed, commonest_failure
         from search.summary import print_summary
         if args.epoch_budget is not None and args.epoch_budget < 1:
             raise SpaceError(f"--epoch-budget must be >= 1, got {args.epoch_budget}")
         outcome = run_search(space, Options(args.tracking_uri, Path(args.storage_path),
                                             args.address, args.epoch_budget, args.resume))
         print_summary(outcome, args.tracking_uri)
+        if all_failed(outcome.table):
+            error, count = commonest_failure(outcome.table)
+            print(f"error: every trial failed, so no model was registered; the commonest "
+                  f"failure ({count} of {len(outcome.table)} trials): {error}", file=sys.stderr)
+            return 1
         return 0
     except (SpaceError, DataError, TrackingError, ResumeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -241,3 +241,22 @@ def test_tracking_server_lost_mid_search_stops_cleanly_and_resume_writes_the_res
                 assert seen == sorted(seen) and sorted(set(seen)) == list(range(1, 7))
     finally:
         stop_mlflow_server(server)
+
+
+def test_a_search_whose_every_trial_failed_exits_1_naming_the_failure(
+        ray_local, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = write_space(tmp_path, num_samples=2, epochs=2)
+    text = space.read_text()
+    space.write_text(text.replace(  # every loss diverges at once; no retries
+        "learning_rate: {type: loguniform, low: 0.001, high: 0.03}", "learning_rate: 1.0e+30"
+    ).replace("  resources: {cpu: 1}", "  resources: {cpu: 1}\n  max_failures: 0"))
+    assert space.read_text() != text
+    assert main([str(space), "--tracking-uri", uri, "--storage-path",
+                 str(tmp_path / "ray")]) == 1
+    err = capsys.readouterr().err
+    assert "every trial failed" in err and "(2 of 2 trials)" in err and "not finite" in err, err
+    parents, children = trial_runs(uri, "faults")
+    assert len(parents) == 1 and parents[0].info.status == "FAILED" and len(children) == 2
+    assert not MlflowClient(uri).search_registered_models()
