@@ -167,14 +167,14 @@ class CheckpointPruner(tune.Callback):
         try:
             with fs.open_input_stream(path) as stream:
                 text = stream.readall()
-            keeps = _saved_views(text)
+            keeps = saved_views(text)
         except (OSError, ValueError):
             return False
         self._files[folder] = stamp
         return hashlib.blake2b(text).digest(), keeps
 
 
-def _saved_views(text: bytes) -> dict[str, Kept]:
+def saved_views(text: bytes) -> dict[str, Kept]:
     """What each trial needs as Tune's saved experiment state has it, by trial id."""
     views = {}
     for trial_json, metadata_json in json.loads(text)["trial_data"]:
