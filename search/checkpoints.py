@@ -6,9 +6,8 @@ killed at any moment resumes each trial from the latest checkpoint that Tune's l
 experiment state names, which may be older than the latest Tune holds in memory. So
 `CheckpointPruner` reads that saved state, as Tune's restore reads it, whenever it changes,
 and deletes each trial's checkpoints but its best and latest, in memory and as saved, as
-soon as either changes. A
-finished trial (as saved too) is never resumed: it keeps its best alone, without the
-optimizer's state. Tune's own `CheckpointConfig(num_to_keep=…)` deletes an older checkpoint
+soon as either changes. A finished trial (as saved too) is never resumed: it keeps its best
+alone, without the optimizer's state. Tune's own `CheckpointConfig(num_to_keep=…)` deletes an older checkpoint
 as soon as a newer one is registered, before any saved state names the newer one: a driver
 killed then leaves a trial that cannot resume.
 """
@@ -62,6 +61,13 @@ def kept(final: bool, latest: tune.Checkpoint | None,
     best = best_checkpoint(checkpoints)
     return Kept(frozenset([_name(latest)] if latest and not final else []),
                 frozenset([_name(best)] if best else []))
+
+
+def _view(final: bool, manager: Any) -> Kept:
+    """What a trial needs as one of Tune's checkpoint managers (in memory or as saved) has it."""
+    latest = manager.latest_checkpoint_result
+    return kept(final, latest.checkpoint if latest else None,
+                [(r.checkpoint, r.metrics) for r in manager.best_checkpoint_results])
 
 
 def thin(fs: FileSystem, trial_path: str, registered: list[str], views: list[Kept]) -> set[str]:
@@ -138,11 +144,11 @@ class CheckpointPruner(tune.Callback):
         self._changed.clear()
         saved = [self._landed] + [keeps for _, keeps in self._staged]
         for trial in changed:
-            results = trial.run_metadata.checkpoint_manager.best_checkpoint_results
+            manager = trial.run_metadata.checkpoint_manager
+            results = manager.best_checkpoint_results
             if not results:
                 continue
-            in_memory = kept(trial.status == FINAL, trial.checkpoint,
-                             [(r.checkpoint, r.metrics) for r in results])
+            in_memory = _view(trial.status == FINAL, manager)
             trial_path = trial.storage.trial_fs_path
             names = [_name(r.checkpoint) for r in results]
             self._deleted |= thin(
@@ -180,10 +186,7 @@ def saved_views(text: bytes) -> dict[str, Kept]:
     for trial_json, metadata_json in json.loads(text)["trial_data"]:
         trial = _loads_with_cloudpickle(trial_json)
         manager = _TrainingRunMetadata.from_json_state(metadata_json).checkpoint_manager
-        latest = manager.latest_checkpoint_result
-        views[trial["trial_id"]] = kept(
-            trial["status"] == FINAL, latest.checkpoint if latest else None,
-            [(r.checkpoint, r.metrics) for r in manager.best_checkpoint_results])
+        views[trial["trial_id"]] = _view(trial["status"] == FINAL, manager)
     return views
 
 
@@ -197,12 +200,9 @@ def prune(grid: tune.ResultGrid) -> None:
     trials may have written some after its last saved state."""
     for result in grid:
         best = best_checkpoint(result.best_checkpoints) or result.checkpoint
-        keep = _name(best) if best else None
-        for info in result.filesystem.get_file_info(FileSelector(result.path)):
-            if info.type != FileType.Directory or not info.base_name.startswith(
-                    CHECKPOINT_PREFIX):
-                continue
-            if info.base_name != keep:
-                result.filesystem.delete_dir(info.path)
-            else:
-                _delete(result.filesystem.delete_file, f"{info.path}/{OPTIMIZER_FILE}")
+        folders = [info.base_name
+                   for info in result.filesystem.get_file_info(FileSelector(result.path))
+                   if info.type == FileType.Directory
+                   and info.base_name.startswith(CHECKPOINT_PREFIX)]
+        thin(result.filesystem, result.path, folders,
+             [Kept(frozenset(), frozenset([_name(best)] if best else []))])

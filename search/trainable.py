@@ -4,7 +4,8 @@ It turns Ray's flat config into a `TrialConfig`, sizes TensorFlow to the trial's
 resumes from the trial's last checkpoint if Ray restarted it, and reports every epoch through
 `ray.tune.report` with what training changed as its checkpoint (`trainables.checkpoint`:
 the trained part of the model and its optimizer's state, never a frozen backbone again);
-`whole_model` joins it to the frozen part the config rebuilds. A trial that runs out of memory fails with a `TrialOutOfMemory` that says so; the search goes on. Only `ray.tune` is
+`whole_model` joins it to the frozen part the config rebuilds. A trial that runs out of
+memory fails with a `TrialOutOfMemory` that says so; the search goes on. Only `ray.tune` is
 imported: the `ray.train` reporting functions raise inside Tune.
 """
 

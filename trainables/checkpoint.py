@@ -4,8 +4,8 @@
 model when nothing is frozen) without its optimizer, `optimizer.npz` the optimizer's state,
 and `state.json` the epoch. Only a trial that goes on training needs the optimizer's state
 (for Adam, twice the weights); a checkpoint kept only to register the model gives it up
-(`drop_optimizer`) and still gives the whole model, with `join` and the frozen part its
-config rebuilds.
+(`search/checkpoints.py` deletes the file) and still gives the whole model, with `join` and
+the frozen part its config rebuilds.
 """
 
 from __future__ import annotations
@@ -46,8 +46,3 @@ def resume(folder: Path, config: TrialConfig) -> tuple[keras.Model, int]:
     with np.load(folder / OPTIMIZER_FILE) as state:
         trained.optimizer.load_own_variables(dict(state))
     return trained, json.loads((folder / STATE_FILE).read_text())["epoch"]
-
-
-def drop_optimizer(folder: Path) -> None:
-    """Delete the optimizer's state of a checkpoint no trial will go on from."""
-    (folder / OPTIMIZER_FILE).unlink(missing_ok=True)
