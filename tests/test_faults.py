@@ -105,16 +105,20 @@ def test_dead_worker_is_retried_from_its_checkpoint_and_oom_fails_alone(
     assert killed, "no trial was seen mid-training"
     trial_id = killed[0]
 
-    # the retry went on from the checkpoint: no epoch was trained twice, all 40 were
+    # the retry went on from the checkpoint: all 40 epochs were trained, the first once. Tune
+    # takes a report's metrics and then, in a second call to the worker, its checkpoint: a
+    # worker killed between the two leaves that epoch logged but its checkpoint unknown to
+    # Tune, and the retry trains that one epoch again
     epochs = [row["epoch"] for row in results(storage)[trial_id]]
-    assert epochs == list(range(1, 41)), epochs
+    assert sorted(set(epochs)) == list(range(1, 41)) and len(epochs) <= 41, epochs
 
     parents, children = trial_runs(uri, "faults")
     assert len(parents) == 1 and len(children) == 2  # the retry continued its run
     by_trial = {r.data.tags["trial_id"]: r for r in children}
     retried = by_trial[trial_id]
     assert retried.data.tags["restarts"] == "1" and retried.info.status == "FINISHED"
-    assert steps(uri, retried.info.run_id) == list(range(1, 41))
+    logged = steps(uri, retried.info.run_id)
+    assert sorted(set(logged)) == list(range(1, 41)) and len(logged) <= 41, logged
     assert "died" in retried.data.tags["last_failure"]
 
     oom = next(r for r in children if r.data.params["dense_units_0"] == "2000000000")
