@@ -16,6 +16,7 @@ from typing import Any
 import keras
 import matplotlib.pyplot as plt
 import mlflow
+import numpy as np
 import optuna
 import pandas as pd
 import ray
@@ -43,11 +44,18 @@ from search.server import check_server
 from search.space import Choice, Fixed, Space
 from search.study_views import param_importances, study_figures
 from search.summary import Outcome
-from search.tracking import TrialRunLogger, mend_trial_runs, start_parent_run, trial_run
+from search.tracking import (
+    TrialRunLogger,
+    class_metric_names,
+    mend_trial_runs,
+    start_parent_run,
+    trial_run,
+)
 from search.trainable import run_trial, whole_model
 from trainables.config import TrialConfig
-from trainables.data import Listing, list_images
+from trainables.data import DataError, Listing, list_images
 from trainables.digits import write_digits
+from trainables.files import shown
 from trainables.images import load_arrays
 from trainables.pipeline import make_dataset
 from trainables.resources import freeze_imports
@@ -64,7 +72,8 @@ class Options:
 
 def prepare_data(space: Space) -> Listing:
     """Write the bundled data if the space asks for it, list the splits, and decode every
-    split once at each image size the space can draw (trials then read the shared cache)."""
+    split once at each image size the space can draw (trials then read the shared cache).
+    A class with no readable image in a split is a `DataError` naming it."""
     if space.data.generate == "digits":
         write_digits(space.data.root)
     listing = list_images(space.data, space.seed)
@@ -73,11 +82,17 @@ def prepare_data(space: Space) -> Listing:
         list(param.choices) if isinstance(param, Choice) else []  # ranges: decoded on demand
     skipped: set[str] = set()
     for size in sizes:
-        for split in listing.splits.values():
-            skipped.update(load_arrays(split, size, space.data.color_mode,
-                                       space.data.cache_dir).skipped)
+        for name, split in listing.splits.items():
+            arrays = load_arrays(split, size, space.data.color_mode, space.data.cache_dir)
+            skipped.update(arrays.skipped)
+            for i, cls in enumerate(listing.classes):
+                if not np.any(arrays.labels == i):
+                    files = [f for f, label in zip(split.files, split.labels) if label == i]
+                    raise DataError(f"class {cls!r} has no readable image in the {name} split: "
+                                    f"none of its {len(files)} files could be decoded, such as "
+                                    f"{shown(files[0])}")
     if skipped:
-        print(f"skipped {len(skipped)} unreadable images, for example {min(skipped)}")
+        print(f"skipped {len(skipped)} unreadable images, for example {shown(min(skipped))}")
     return listing
 
 
@@ -297,8 +312,8 @@ def _evaluate_and_register(space: Space, listing: Listing, result: Any, trial_id
         _log_figure(client, target, confusion_figure(arrays.labels, predicted, listing.classes,
                                                      f"{space.name}: {split} split"),
                     f"{split}_confusion_matrix.png")
-    for cls in listing.classes:
-        client.log_metric(run_id, f"{split}_f1_{cls}", test["report"][cls]["f1-score"])
+    for name, cls in zip(class_metric_names(f"{split}_f1_", listing.classes), listing.classes):
+        client.log_metric(run_id, name, test["report"][cls]["f1-score"])
     trial_end = client.get_run(run_id).info
     # MLflow predicts on the input example without verbose=0: no progress bars in our output
     was_interactive = keras.config.is_interactive_logging_enabled()

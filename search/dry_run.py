@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from search.space import Fixed, Space
+import tensorflow as tf
+
+from search.space import Fixed, Space, SpaceError
 from trainables.data import DataError, list_images
 from trainables.models import build_model
 
 
 def dry_run(space: Space) -> None:
     """Print what the space searches, the images per split and class (or why there are none),
-    and every baseline's parameter count. Builds models without pretrained weights."""
+    and every baseline's parameter count. Builds models without pretrained weights; a
+    baseline too large to allocate is a `SpaceError`."""
     searched = sorted(n for n, p in space.params.items() if not isinstance(p, Fixed))
     print(f"space {space.name} ({space.source}): searches {', '.join(searched) or 'nothing'}")
     classes = space.data.classes
@@ -33,6 +36,11 @@ def dry_run(space: Space) -> None:
         return
     print(f"{'baseline':<24}{'parameters':>14}")
     for name, config in space.baselines.items():
-        model = build_model(config.replace(backbone_weights="none"), len(classes),
-                            space.data.channels)
+        try:
+            model = build_model(config.replace(backbone_weights="none"), len(classes),
+                                space.data.channels)
+        except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
+            first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
+            raise SpaceError(f"{space.source}: baselines.{name}: the model does not fit in "
+                             f"memory: {first}") from None
         print(f"{name:<24}{model.count_params():>14,}")

@@ -16,6 +16,7 @@ import numpy as np
 from search.cli import add_tracking_uri
 from search.evaluation import class_probabilities, predicted_classes
 from trainables.data import IMAGE_SUFFIXES
+from trainables.files import shown
 from trainables.images import decode
 
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in image_files(args.images):
         decoded = decode(str(path), size, meta.get("color_mode", "rgb"))
         if decoded is None:
-            print(f"{path}: unreadable, skipped", file=sys.stderr)
+            print(f"{shown(str(path))}: unreadable, skipped", file=sys.stderr)
             failures += 1
         else:
             files.append(path)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         outputs = model.predict(np.stack(pixels).astype(np.float32), verbose=0)
         probabilities = class_probabilities(outputs)
         for path, index, row in zip(files, predicted_classes(outputs), probabilities):
-            print(f"{path}\t{classes[index]}\t{float(row[index]):.3f}")
+            print(f"{shown(str(path))}\t{classes[index]}\t{float(row[index]):.3f}")
     return 1 if failures else 0
 
 

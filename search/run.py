@@ -13,16 +13,15 @@ checkpoints); a finished one runs more trials if `--num-samples` asks for more t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 from search.cli import EXIT_BAD_INPUT, add_tracking_uri
 from search.folder import ResumeError
 from search.server import TrackingError
-from search.space import Space, SpaceError, load_space
+from search.space import SpaceError, load_space
 from trainables.data import DataError
-from trainables.files import location
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,31 +45,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def with_overrides(space: Space, args: argparse.Namespace) -> Space:
-    """The space with the command line's overrides applied (checked like the file's values)."""
-    search, seed, data = space.search, space.seed, space.data
-    if args.num_samples is not None:
-        if args.num_samples < 1:
-            raise SpaceError(f"--num-samples must be >= 1, got {args.num_samples}")
-        search = dataclasses.replace(search, num_samples=args.num_samples)
-    if args.max_epochs is not None:
-        if args.max_epochs < 1:
-            raise SpaceError(f"--max-epochs must be >= 1, got {args.max_epochs}")
-        asha = dataclasses.replace(search.asha, max_epochs=args.max_epochs,
-                                   grace_period=min(search.asha.grace_period, args.max_epochs))
-        search = dataclasses.replace(search, asha=asha)
-    if args.seed is not None:
-        seed = args.seed
-    if args.data_root is not None:
-        data = dataclasses.replace(data, root=location(args.data_root))
-    baselines = {n: b.replace(seed=seed) for n, b in space.baselines.items()}
-    return dataclasses.replace(space, search=search, seed=seed, data=data, baselines=baselines)
+# each option that overrides a key of the space file: (its key path, its argparse dest)
+OVERRIDES = {"--num-samples": ("search.num_samples", "num_samples"),
+             "--max-epochs": ("search.asha.max_epochs", "max_epochs"),
+             "--seed": ("seed", "seed"), "--data-root": ("data.root", "data_root")}
+
+
+def overrides(args: argparse.Namespace) -> dict[str, tuple[str, Any]]:
+    """The command line's values for keys of the space file, checked with the file's rules
+    by `load_space`: {key path: (option, value)}."""
+    return {key: (option, getattr(args, dest)) for option, (key, dest) in OVERRIDES.items()
+            if getattr(args, dest) is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        space = with_overrides(load_space(args.space), args)
+        space = load_space(args.space, overrides(args))
         if args.dry_run:
             from search.dry_run import dry_run
             dry_run(space)

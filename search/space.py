@@ -7,6 +7,8 @@ Code past this edge trusts a `Space`.
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -16,13 +18,20 @@ from typing import Any
 
 import yaml
 
-from trainables.config import KEYS, SECTIONS, Key, TrialConfig
+from trainables.config import KEYS, MAX_EPOCHS, SECTIONS, Key, TrialConfig
 from trainables.data import DataSpec, SplitSource
 from trainables.files import location
 
 
 class SpaceError(ValueError):
     """A space file breaks a rule; the message names the file, the key path and the value."""
+
+
+# Limits no real search meets; past them a value is a typo
+MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit
+MAX_TRIALS, MAX_CONCURRENT = 100_000, 10_000
+# A space's name is its MLflow experiment, its registered model and its search folders' prefix
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,8 @@ class SearchSettings:
 
 @dataclass(frozen=True)
 class Space:
-    """A validated search space. `params` has one entry per config key; fixed keys are `Fixed`."""
+    """A validated search space. `params` has one entry per config key; fixed keys are `Fixed`.
+    `seed` is every trial's (the baselines' configs leave it at its default)."""
 
     name: str
     source: Path
@@ -124,13 +134,16 @@ def _base_name(param_name: str) -> str:
 
 
 class _Reader:
-    """Reads one YAML file, keeping the file name for every error it raises."""
+    """Reads one YAML file, keeping the file name for every error it raises, and which
+    command-line option set a key path, for the errors about it."""
 
-    def __init__(self, source: Path):
+    def __init__(self, source: Path, options: Mapping[str, str]):
         self.source = source
+        self.options = options
 
     def fail(self, path: str, message: str) -> SpaceError:
-        return SpaceError(f"{self.source}: {path}: {message}")
+        option = f" (set by {self.options[path]})" if path in self.options else ""
+        return SpaceError(f"{self.source}: {path}: {message}{option}")
 
     def mapping(self, value: Any, path: str, allowed: set[str] | None = None) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -155,13 +168,16 @@ class _Reader:
         if not ok:
             raise self.fail(path, f"expected {kind.__name__}"
                             f"{' or null' if optional else ''}, got {value!r}")
+        if kind is float and not math.isfinite(value):  # NaN would pass every bound
+            raise self.fail(path, f"expected a finite number, got {value!r}")
         return kind(value)
 
     def number(self, section: dict[str, Any], key: str, path: str, kind: type, default: Any,
-               low: float | None = None, high: float | None = None) -> Any:
-        value = self.typed(section.get(key, default), kind, f"{path}.{key}")
-        if low is not None and value < low or high is not None and value > high:
-            raise self.fail(f"{path}.{key}", f"must lie in [{low}, {high}], got {value!r}")
+               low: float, high: float) -> Any:
+        where = f"{path}.{key}" if path else key
+        value = self.typed(section.get(key, default), kind, where)
+        if not low <= value <= high:
+            raise self.fail(where, f"must lie in [{low}, {high}], got {value!r}")
         return value
 
     def check_value(self, key: Key, value: Any, path: str) -> Any:
@@ -172,7 +188,18 @@ class _Reader:
         if key.choices is not None and value not in key.choices:
             raise self.fail(path, f"expected one of {list(key.choices)}, got {value!r}")
         self.check_bounds(key, value, path)
-        return value
+        return self.weights_file(value, path) if key is KEYS["backbone_weights"] else value
+
+    def weights_file(self, value: str, path: str) -> str:
+        """A `backbone_weights` value: `none`, `imagenet`, or a weights file, made absolute
+        (trials run in their own folders) and checked to exist."""
+        if value in ("none", "imagenet"):
+            return value
+        file = Path(value).expanduser().absolute()
+        if not file.is_file():
+            raise self.fail(path, f"expected none, imagenet or a weights file, got {value!r} "
+                            f"(no such file: {file})")
+        return str(file)
 
     def check_bounds(self, key: Key, value: float, path: str) -> None:
         if key.low is not None and (value < key.low or key.low_exclusive and value == key.low):
@@ -225,33 +252,56 @@ class _Reader:
                         f"got {kind!r}")
 
 
-def load_space(path: str | os.PathLike[str]) -> Space:
-    """Read and validate a space file. Raises `SpaceError` for any broken rule."""
+def load_space(path: str | os.PathLike[str],
+               overrides: Mapping[str, tuple[str, Any]] | None = None) -> Space:
+    """Read and validate a space file. Raises `SpaceError` for any broken rule.
+
+    `overrides` maps a key path (`search.num_samples`) to the command-line option that set it
+    and its value; the value replaces the file's and is checked by the same rules, and an
+    error about it names the option."""
     source = Path(path)
-    reader = _Reader(source)
+    overrides = overrides or {}
+    reader = _Reader(source, {key: option for key, (option, _) in overrides.items()})
     try:
-        raw = yaml.safe_load(source.read_text())
-    except FileNotFoundError:
+        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except (FileNotFoundError, IsADirectoryError):
         raise SpaceError(f"{source}: no such space file") from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SpaceError(f"{source}: not valid YAML: {exc}") from None
-    top = reader.mapping(raw, "", {"name", "seed", "data", *SECTIONS, "search", "baselines"})
+    top = _overridden(reader.mapping(raw, "", {"name", "seed", "data", *SECTIONS, "search",
+                                                "baselines"}),
+                      {key: value for key, (_, value) in overrides.items()})
     name = top.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise reader.fail("name", f"expected a name of letters, digits, _ . -, got {name!r}")
-    seed = reader.typed(top.get("seed", 0), int, "seed")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise reader.fail("name", "expected 1 to 100 letters, digits, _ . - starting with a "
+                          f"letter or digit, got {name!r}")
+    seed = reader.number(top, "seed", "", int, 0, low=0, high=MAX_SEED)
     if "data" not in top:
         raise reader.fail("data", "missing")
     data = _data(reader, top["data"])
     params = _params(reader, top)
-    search = _search(reader, top.get("search", {}))
+    search = _search(reader, top.get("search") or {})
     baselines = {
-        bname: _baseline(reader, params, seed, braw, f"baselines.{bname}")
+        bname: _baseline(reader, params, braw, f"baselines.{bname}")
         for bname, braw in reader.mapping(top.get("baselines") or {}, "baselines").items()
     }
     space = Space(name, source, seed, data, params, search, baselines)
     _check_head(reader, space)
     return space
+
+
+def _overridden(top: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the file's mapping with each dotted key path set to its value."""
+    top = copy.deepcopy(top)
+    for path, value in values.items():
+        *parents, last = path.split(".")
+        section = top
+        for key in parents:
+            if not isinstance(section.get(key), dict):
+                section[key] = {}
+            section = section[key]
+        section[last] = value
+    return top
 
 
 def _params(reader: _Reader, top: dict[str, Any]) -> dict[str, Param]:
@@ -298,7 +348,8 @@ def _data(reader: _Reader, raw: Any) -> DataSpec:
         root=location(d["root"]),
         train=train, validation=validation, test=test,  # type: ignore[arg-type]
         classes=tuple(classes) if classes else None, color_mode=color_mode,
-        generate=generate, cache_dir=Path(cache_dir).expanduser() if cache_dir else None,
+        generate=generate,
+        cache_dir=Path(cache_dir).expanduser().absolute() if cache_dir else None,
     )
 
 
@@ -338,31 +389,33 @@ def _search(reader: _Reader, raw: Any) -> SearchSettings:
     r = reader.mapping(s.get("resources") or {}, "search.resources", {"cpu", "gpu"})
     a = reader.mapping(s.get("asha") or {}, "search.asha",
                        {"max_epochs", "grace_period", "reduction_factor"})
-    asha = Asha(
-        max_epochs=reader.number(a, "max_epochs", "search.asha", int, 10, low=1),
-        grace_period=reader.number(a, "grace_period", "search.asha", int, 1, low=1),
-        reduction_factor=reader.number(a, "reduction_factor", "search.asha", float, 3.0, low=1.01),
-    )
-    if asha.grace_period > asha.max_epochs:
-        raise reader.fail("search.asha.grace_period", f"must be <= max_epochs "
-                          f"({asha.max_epochs}), got {asha.grace_period}")
-    gpu = reader.number(r, "gpu", "search.resources", float, 0.0, low=0.0)
+    max_epochs = reader.number(a, "max_epochs", "search.asha", int, 10, 1, MAX_EPOCHS)
+    grace_period = reader.number(a, "grace_period", "search.asha", int, 1, 1, MAX_EPOCHS)
+    if grace_period > max_epochs:
+        if "search.asha.max_epochs" not in reader.options:
+            raise reader.fail("search.asha.grace_period", f"must be <= max_epochs "
+                              f"({max_epochs}), got {grace_period}")
+        grace_period = max_epochs  # a shorter search asked for on the command line
+    asha = Asha(max_epochs, grace_period,
+                reader.number(a, "reduction_factor", "search.asha", float, 3.0, 1.01, 100))
+    gpu = reader.number(r, "gpu", "search.resources", float, 0.0, 0, 64)
     if gpu > 1 and not gpu.is_integer():
         raise reader.fail("search.resources.gpu", f"a share above 1 must be whole, got {gpu}")
     return SearchSettings(
-        num_samples=reader.number(s, "num_samples", "search", int, 10, low=1),
+        num_samples=reader.number(s, "num_samples", "search", int, 10, 1, MAX_TRIALS),
         sampler=sampler,
-        startup_trials=reader.number(s, "startup_trials", "search", int, None, low=1)
+        startup_trials=reader.number(s, "startup_trials", "search", int, None, 1, MAX_TRIALS)
         if "startup_trials" in s else None,
-        max_concurrent=reader.number(s, "max_concurrent", "search", int, 2, low=1),
-        max_failures=reader.number(s, "max_failures", "search", int, 2, low=0),
+        max_concurrent=reader.number(s, "max_concurrent", "search", int, 2, 1, MAX_CONCURRENT),
+        max_failures=reader.number(s, "max_failures", "search", int, 2, 0, 100),
         feature_cache=reader.typed(s.get("feature_cache", True), bool, "search.feature_cache"),
-        resources=Resources(reader.number(r, "cpu", "search.resources", float, 1.0, low=0.01), gpu),
+        resources=Resources(reader.number(r, "cpu", "search.resources", float, 1.0, 0.01, 1024),
+                            gpu),
         asha=asha,
     )
 
 
-def _baseline(reader: _Reader, params: Mapping[str, Param], seed: int, raw: Any,
+def _baseline(reader: _Reader, params: Mapping[str, Param], raw: Any,
               path: str) -> TrialConfig:
     """A baseline: fixed values for some keys; the rest take the space's fixed value or Keras'
     default. The result must lie inside the space, so Optuna can enqueue it as a trial."""
@@ -386,7 +439,7 @@ def _baseline(reader: _Reader, params: Mapping[str, Param], seed: int, raw: Any,
         if key.per and name not in values and isinstance(params[name], Fixed):
             count = values.get(key.per, getattr(TrialConfig(), key.per))
             values[name] = (params[name].value,) * count  # type: ignore[union-attr]
-    config = TrialConfig(**values, seed=seed)
+    config = TrialConfig(**values)
     for pname, value in config.to_params().items():
         if pname == "seed":
             continue

@@ -6,6 +6,7 @@ after the driver was killed, it finds its run by the `trial_id` tag and continue
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,14 @@ from search.results import TrialRecord
 from trainables.train import METRICS, TRAINED_ON
 
 TRIAL_ID = "trial_id"  # the tag that ties a child run to its Ray trial
+
+
+def class_metric_names(prefix: str, classes: tuple[str, ...]) -> list[str]:
+    """One MLflow metric name per class, `prefix` + the class name with each character MLflow
+    refuses (`Tiger's Eye`, `C++`) made `_`, and the class's index added where two would
+    clash; the class names themselves live in the model's metadata."""
+    names = [prefix + re.sub(r"[^\w\-. ]", "_", cls, flags=re.ASCII) for cls in classes]
+    return [f"{name}_{i}" if names.count(name) > 1 else name for i, name in enumerate(names)]
 
 
 def trial_runs(client: MlflowClient, parent_run_id: str,

@@ -22,13 +22,15 @@ from PIL import Image
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # the test spaces' data: three classes of small pictures (write_class_folders), split
-# 50/25/25; {root} and {cache} are formatted in with the rest of each space
+# 50/25/25; {root} and {cache} are formatted in with the rest of each space. The third class
+# (stripes) is named as the gemstones data names one: not a valid MLflow metric name.
+CLASSES = ("circle", "square", "Tiger's Eye")
 DATA = """data:
   root: {root}
   train: .
   validation: 0.25
   test: 0.25
-  classes: [circle, square, stripes]
+  classes: [circle, square, "Tiger's Eye"]
   color_mode: rgb
   cache_dir: {cache}
 """
@@ -45,7 +47,7 @@ seed: 3
   dense_units: 8
 train:
   optimizer: {{type: choice, choices: [adam, sgd]}}
-  learning_rate: {{type: choice, choices: [0.003, 0.01, 0.03, 1.0e+30]}}
+  learning_rate: {{type: choice, choices: [0.003, 0.01, 0.03, 10.0]}}
   epochs: 3
   batch_size: 8
 search:
@@ -63,12 +65,13 @@ baselines:
     conv_blocks: 1
     conv_filters: [4]
     optimizer: sgd
-    learning_rate: 1.0e+30
+    learning_rate: 10.0
 """
 
 
 def shape_image(kind: str, rng: np.random.Generator, size: int = 16) -> Image.Image:
-    """A small RGB picture of one of three easy classes, with noise."""
+    """A small RGB picture of one of three easy classes, with noise: a circle, a square, or
+    (any other kind) stripes."""
     pixels = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
     if kind == "circle":
         yy, xx = np.mgrid[:size, :size]
@@ -81,7 +84,7 @@ def shape_image(kind: str, rng: np.random.Generator, size: int = 16) -> Image.Im
 
 
 def write_class_folders(root: Path, n_per_class: int, seed: int = 0,
-                        classes: tuple[str, ...] = ("circle", "square", "stripes")) -> Path:
+                        classes: tuple[str, ...] = CLASSES) -> Path:
     rng = np.random.default_rng(seed)
     for cls in classes:
         (root / cls).mkdir(parents=True, exist_ok=True)
@@ -95,7 +98,7 @@ STEADY_SPACE = """
 name: faults
 seed: 1
 """ + DATA + """model:
-  image_size: 12
+  image_size: {image_size}
   conv_blocks: 1
   conv_filters: {{type: choice, choices: [4, 8]}}
   dense_layers: 1
@@ -114,13 +117,25 @@ search:
 """
 
 
+# a baseline of the steady space that no machine can allocate (a 512x512x4096 flatten into
+# 65,536 units: 7e13 weights), though every value lies within the space's bounds
+HUGE = "huge: {image_size: 1024, conv_filters: [4096], dense_units: [65536]}"
+HUGE_SPACE = {"image_size": "{type: choice, choices: [12, 1024]}",
+              "conv_filters": "{type: choice, choices: [4, 8, 4096]}",
+              "dense_units": "[8, 65536]"}
+
+
 def write_space(folder: Path, *, num_samples: int, epochs: int, dense_units: str = "[8, 16]",
-                baselines: str = "") -> Path:
+                baselines: str = "", image_size: str = "12",
+                conv_filters: str = "{type: choice, choices: [4, 8]}") -> Path:
     """The steady space's file (experiment `faults`) and its data under `folder`."""
     root = write_class_folders(folder / "data", 16)
     path = folder / "faults.yaml"
-    path.write_text(STEADY_SPACE.format(root=root, cache=folder / "cache", num_samples=num_samples,
-                                 epochs=epochs, dense_units=dense_units, baselines=baselines))
+    text = STEADY_SPACE.format(root=root, cache=folder / "cache", num_samples=num_samples,
+                               epochs=epochs, dense_units=dense_units, baselines=baselines,
+                               image_size=image_size)
+    path.write_text(text.replace("conv_filters: {type: choice, choices: [4, 8]}",
+                                 f"conv_filters: {conv_filters}"))
     return path
 
 

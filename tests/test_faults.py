@@ -16,7 +16,14 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from conftest import free_port, start_mlflow_server, stop_mlflow_server, write_space
+from conftest import (
+    HUGE,
+    HUGE_SPACE,
+    free_port,
+    start_mlflow_server,
+    stop_mlflow_server,
+    write_space,
+)
 from mlflow.tracking import MlflowClient
 
 from search.folder import SearchFolder
@@ -82,9 +89,9 @@ def test_dead_worker_is_retried_from_its_checkpoint_and_oom_fails_alone(
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = tmp_path / "ray"
-    space = write_space(tmp_path, num_samples=2, epochs=40, dense_units="[8, 2000000000]",
-                        baselines="baselines:\n  huge: {conv_filters: [4], dense_units: "
-                                  "[2000000000]}\n  small: {conv_filters: [8], dense_units: [8]}")
+    space = write_space(tmp_path, num_samples=2, epochs=40, **HUGE_SPACE,
+                        baselines=f"baselines:\n  {HUGE}\n  small: {{image_size: 12, "
+                                  "conv_filters: [8], dense_units: [8]}")
     killed: list[str] = []
 
     def kill_a_worker_mid_trial() -> None:
@@ -121,7 +128,7 @@ def test_dead_worker_is_retried_from_its_checkpoint_and_oom_fails_alone(
     assert sorted(set(logged)) == list(range(1, 41)) and len(logged) <= 41, logged
     assert "died" in retried.data.tags["last_failure"]
 
-    oom = next(r for r in children if r.data.params["dense_units_0"] == "2000000000")
+    oom = next(r for r in children if r.data.params["dense_units_0"] == "65536")
     assert oom.info.status == "FAILED"
     assert "out of memory" in oom.data.tags["error"], oom.data.tags["error"]
     table = pd.read_parquet(next(storage.glob("*/results.parquet")))
@@ -254,7 +261,8 @@ def test_a_search_whose_every_trial_failed_exits_1_naming_the_failure(
     space = write_space(tmp_path, num_samples=2, epochs=2)
     text = space.read_text()
     space.write_text(text.replace(  # every loss diverges at once; no retries
-        "learning_rate: {type: loguniform, low: 0.001, high: 0.03}", "learning_rate: 1.0e+30"
+        "learning_rate: {type: loguniform, low: 0.001, high: 0.03}", "learning_rate: 10.0"
+    ).replace("optimizer: adam", "optimizer: sgd"
     ).replace("  resources: {cpu: 1}", "  resources: {cpu: 1}\n  max_failures: 0"))
     assert space.read_text() != text
     assert main([str(space), "--tracking-uri", uri, "--storage-path",

@@ -18,6 +18,9 @@ from typing import Any
 BACKBONES = ("none", "vgg16", "mobilenet_v2", "efficientnet_b0")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")
+# Upper bounds no real search meets; past them a value is a typo (and 10^12 steps per epoch
+# would hang a trial: ASHA acts only at epoch ends)
+MAX_EPOCHS, MAX_STEPS = 10_000, 1_000_000
 
 # The name under which a trial's config records which baseline it reproduces ("" if none).
 BASELINE_KEY = "baseline"
@@ -70,10 +73,10 @@ class TrialConfig:
     image_size: int = _k(64, "model", int, low=8, high=1024)
     backbone: str = _k("none", "model", str, choices=BACKBONES)
     backbone_weights: str = _k("none", "model", str, when=_has_backbone)  # none|imagenet|path
-    backbone_trainable_layers: int = _k(0, "model", int, low=0, when=_has_backbone)
+    backbone_trainable_layers: int = _k(0, "model", int, low=0, high=1000, when=_has_backbone)
     conv_blocks: int = _k(2, "model", int, low=0, high=12, when=_no_backbone)
-    conv_filters: tuple[int, ...] = _k([32, 32], "model", int, low=1, per="conv_blocks",
-                                       when=_no_backbone)
+    conv_filters: tuple[int, ...] = _k([32, 32], "model", int, low=1, high=4096,
+                                       per="conv_blocks", when=_no_backbone)
     conv_kernel_size: tuple[int, ...] = _k([3, 3], "model", int, low=1, high=15,
                                            per="conv_blocks", when=_no_backbone)
     conv_padding: str = _k("valid", "model", str, choices=("valid", "same"), when=_no_backbone)
@@ -82,23 +85,25 @@ class TrialConfig:
     head_pooling: str = _k("flatten", "model", str, choices=("flatten", "global_avg"))
     flatten_dropout: float = _k(0.0, "model", float, low=0.0, high=1.0, high_exclusive=True)
     dense_layers: int = _k(1, "model", int, low=0, high=8)
-    dense_units: tuple[int, ...] = _k([128], "model", int, low=1, per="dense_layers")
+    dense_units: tuple[int, ...] = _k([128], "model", int, low=1, high=65536,
+                                      per="dense_layers")
     dense_batch_norm: bool = _k(False, "model", bool)
     dense_dropout: float = _k(0.0, "model", float, low=0.0, high=1.0, high_exclusive=True)
-    l2: float = _k(0.0, "model", float, low=0.0)
+    l2: float = _k(0.0, "model", float, low=0.0, high=10.0)
     head: str = _k("softmax", "model", str, choices=("softmax", "sigmoid"))
     # training
     optimizer: str = _k("adam", "train", str, choices=OPTIMIZERS)
-    learning_rate: float = _k(1e-3, "train", float, low=0.0, low_exclusive=True)
+    learning_rate: float = _k(1e-3, "train", float, low=0.0, low_exclusive=True, high=10.0)
     momentum: float = _k(0.0, "train", float, low=0.0, high=1.0, high_exclusive=True,
                          when=lambda c: c["optimizer"] == "sgd")
     # Old Keras `decay`: lr / (1 + decay * step), as the blood-cell report used it.
-    lr_decay: float = _k(0.0, "train", float, low=0.0)
-    epochs: int = _k(10, "train", int, low=1)
-    steps_per_epoch: int | None = _k(None, "train", int, low=1, optional=True)
-    validation_steps: int | None = _k(None, "train", int, low=1, optional=True)
-    batch_size: int = _k(32, "train", int, low=1)
-    early_stopping_patience: int = _k(0, "train", int, low=0)  # 0: no early stopping
+    lr_decay: float = _k(0.0, "train", float, low=0.0, high=1.0)
+    epochs: int = _k(10, "train", int, low=1, high=MAX_EPOCHS)
+    steps_per_epoch: int | None = _k(None, "train", int, low=1, high=MAX_STEPS, optional=True)
+    validation_steps: int | None = _k(None, "train", int, low=1, high=MAX_STEPS, optional=True)
+    batch_size: int = _k(32, "train", int, low=1, high=65536)
+    # 0: no early stopping
+    early_stopping_patience: int = _k(0, "train", int, low=0, high=MAX_EPOCHS)
     # augmentation (Keras preprocessing layers, training split only)
     augment: bool = _k(False, "augment", bool)
     rotation: float = _k(0.0, "augment", float, low=0.0, high=180.0, when=_augmented)  # degrees

@@ -78,12 +78,22 @@ class Listing:
         ]
 
 
-def _scan(folder: Location, source: SplitSource) -> tuple[list[tuple[str, str]], int]:
-    """(file, class name) pairs in one split folder, and how many files were ignored."""
+@dataclass(frozen=True)
+class _Scanned:
+    """One split folder: its (file, class name) pairs, how many files were ignored, and the
+    class folders that hold no image."""
+
+    pairs: list[tuple[str, str]]
+    ignored: int
+    empty: list[str]
+
+
+def _scan(folder: Location, source: SplitSource) -> _Scanned:
     if not files.is_dir(folder):
         raise DataError(f"data folder {folder} does not exist")
     found: list[tuple[str, str]] = []
     ignored = 0
+    empty: list[str] = []
     class_dirs, flat = files.entries(folder)
     if source.pattern is not None:
         regex = re.compile(source.pattern)
@@ -93,27 +103,27 @@ def _scan(folder: Location, source: SplitSource) -> tuple[list[tuple[str, str]],
                 found.append((str(files.join(folder, name)), match.group(1)))
             else:
                 ignored += 1
-        return found, ignored
+        return _Scanned(found, ignored, empty)
     for class_name in class_dirs:
+        before = len(found)
         for path in files.files_below(files.join(folder, class_name)):
             if PurePosixPath(path).suffix.lower() in IMAGE_SUFFIXES:
                 found.append((path, class_name))
             else:
                 ignored += 1
-    return found, ignored
+        if len(found) == before:
+            empty.append(class_name)
+    return _Scanned(found, ignored, empty)
 
 
 def list_images(spec: DataSpec, seed: int) -> Listing:
     """List every split's files and labels. Raises `DataError` if the data cannot be used."""
     if not files.is_dir(spec.root):
         raise DataError(f"data folder {spec.root} does not exist")
-    scanned: dict[str, list[tuple[str, str]]] = {}
-    ignored = 0
-    for name in SPLITS:
-        source = getattr(spec, name)
-        if isinstance(source, SplitSource):
-            scanned[name], n_ignored = _scan(files.join(spec.root, str(source.path)), source)
-            ignored += n_ignored
+    scans = {name: _scan(files.join(spec.root, str(source.path)), source)
+             for name in SPLITS if isinstance(source := getattr(spec, name), SplitSource)}
+    scanned = {name: scan.pairs for name, scan in scans.items()}
+    ignored = sum(scan.ignored for scan in scans.values())
     if not scanned["train"]:
         raise DataError(f"no images found in {files.join(spec.root, str(spec.train.path))}")
     classes = spec.classes or tuple(sorted({cls for _, cls in scanned["train"]}))
@@ -123,6 +133,12 @@ def list_images(spec: DataSpec, seed: int) -> Listing:
     index = {cls: i for i, cls in enumerate(classes)}
     splits: dict[str, Split] = {}
     for name, pairs in scanned.items():
+        # an empty class folder is an error, not a class that silently vanishes
+        for cls in scans[name].empty:
+            if cls in index or spec.classes is None:
+                folder = files.join(spec.root, str(getattr(spec, name).path), cls)
+                raise DataError(f"class {cls!r} has no images in the {name} split: its folder "
+                                f"{folder} holds no {', '.join(sorted(IMAGE_SUFFIXES))} file")
         # Listed classes select: other class folders are skipped (10 of 87 gemstones).
         ignored += sum(1 for _, cls in pairs if cls not in index)
         pairs = [(f, cls) for f, cls in pairs if cls in index]

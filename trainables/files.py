@@ -21,6 +21,12 @@ def location(text: str) -> Location:
     return text if "://" in text else Path(os.path.expandvars(os.path.expanduser(text))).absolute()
 
 
+def shown(path: str) -> str:
+    """`path` as text a terminal takes: a local file name that is not UTF-8 reaches Python
+    with its bytes escaped as lone surrogates, which printing refuses."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def join(base: Location, *parts: str) -> Location:
     if is_uri(base):
         return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts if p != ".")])

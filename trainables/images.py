@@ -58,7 +58,8 @@ def _key(split: Split, size: int, color_mode: str) -> str:
     digest = hashlib.sha256(f"{size}|{color_mode}".encode())
     for name in split.files:
         size_bytes, mtime_ns = files.signature(name)
-        digest.update(f"|{name}|{size_bytes}|{mtime_ns}".encode())
+        # surrogateescape: a file name that is not UTF-8 keys the cache by its own bytes
+        digest.update(f"|{name}|{size_bytes}|{mtime_ns}".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:24]
 
 

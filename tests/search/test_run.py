@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import HUGE, HUGE_SPACE, write_space
 
 from search.run import main
 
@@ -62,3 +63,66 @@ def test_epoch_budget_ends_the_search_and_closes_every_run(ray_local, tiny_space
     assert runs and all(r.info.status != "RUNNING" for r in runs)
     assert main([space, "--epoch-budget", "0"]) == 2
     assert "--epoch-budget must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "seed: must lie in [0, 4294967295], got -1 (set by --seed)"),
+    (["--num-samples", "0"],
+     "search.num_samples: must lie in [1, 100000], got 0 (set by --num-samples)"),
+    (["--max-epochs", "1000000"],
+     "search.asha.max_epochs: must lie in [1, 10000], got 1000000 (set by --max-epochs)"),
+])
+def test_overrides_are_checked_by_the_space_reader(tiny_space_file, args: list[str],
+                                                   message: str, capsys) -> None:
+    space = tiny_space_file()
+    assert main([str(space), "--dry-run", *args]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {space}: {message}"
+
+
+def test_a_shorter_search_lowers_the_grace_period(tiny_space_file) -> None:
+    from search.run import overrides, parse_args
+    from search.space import load_space
+
+    args = parse_args([str(tiny_space_file()), "--max-epochs", "1", "--seed", "7"])
+    space = load_space(args.space, overrides(args))
+    assert (space.search.asha.max_epochs, space.search.asha.grace_period) == (1, 1)
+    assert space.seed == 7
+
+
+def test_dry_run_of_a_baseline_too_large_to_allocate_is_one_line(tmp_path: Path,
+                                                                 capsys) -> None:
+    space = write_space(tmp_path, num_samples=1, epochs=1, **HUGE_SPACE,
+                        baselines=f"baselines:\n  {HUGE}")
+    assert main([str(space), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {space}: baselines.huge: the model does not fit in memory"), err
+    assert "\n" not in err
+
+
+def test_a_class_whose_every_file_is_unreadable_exits_2_naming_it(tmp_path: Path, capsys,
+                                                                  monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    space = write_space(tmp_path, num_samples=1, epochs=1)
+    for png in (tmp_path / "data" / "square").glob("*.png"):
+        png.write_bytes(b"not a png")
+    assert main([str(space), "--storage-path", "r", "--tracking-uri",
+                 f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert "class 'square' has no readable image in the train split: none of its 8 files" \
+        in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_class_metric_names_are_valid_mlflow_names(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import class_metric_names
+
+    names = class_metric_names("test_f1_", ("Tiger's Eye", "C++", "C__", "Café", "a/.."))
+    assert names == ["test_f1_Tiger_s Eye", "test_f1_C___1", "test_f1_C___2", "test_f1_Caf_",
+                     "test_f1_a_.."]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("names")).info.run_id
+    for name in names:  # MLflow refuses an invalid name
+        client.log_metric(run, name, 1.0)
+    assert set(client.get_run(run).data.metrics) == set(names)

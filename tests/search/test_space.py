@@ -82,6 +82,27 @@ def test_parses_distributions_and_defaults(tmp_path: Path) -> None:
       "baselines": {"b": {"conv_blocks": 3, "conv_filters": [8, 8]}}},
      "baselines.b.conv_filters", "needs 3 values"),
     ({"baselines": {"b": {"optimizer": "sgd"}}}, "baselines.b.optimizer", "outside the space"),
+    # NaN passes every comparison; infinity every lower bound
+    ({"train.learning_rate": float("nan")}, "train.learning_rate", "finite number, got nan"),
+    ({"model.dense_dropout": {"type": "uniform", "low": 0.0, "high": float("nan")}},
+     "model.dense_dropout.high", "finite number"),
+    ({"model.l2": float("inf")}, "model.l2", "finite number, got inf"),
+    ({"search.resources.cpu": float("nan")}, "search.resources.cpu", "finite number"),
+    ({"train.epochs": float("inf")}, "train.epochs", "expected int"),
+    # bounds no real search meets
+    ({"model.conv_filters": 10**9}, "model.conv_filters", "must be <= 4096"),
+    ({"model.dense_units": 10**9}, "model.dense_units", "must be <= 65536"),
+    ({"train.batch_size": 10**12}, "train.batch_size", "must be <= 65536"),
+    ({"train.steps_per_epoch": 10**12}, "train.steps_per_epoch", "must be <= 1000000"),
+    ({"train.epochs": 10**6}, "train.epochs", "must be <= 10000"),
+    ({"search.num_samples": 10**6}, "search.num_samples", "must lie in [1, 100000]"),
+    ({"search.max_concurrent": 10**6}, "search.max_concurrent", "must lie in [1, 10000]"),
+    ({"seed": -1}, "seed", "must lie in [0, 4294967295], got -1"),
+    # the name is an MLflow experiment and registered model: ".." resolves to another path
+    ({"name": ".."}, "name", "starting with a letter or digit"),
+    ({"name": "cats/dogs"}, "name", "letters, digits"),
+    ({"model.backbone": "vgg16", "model.backbone_weights": "nowhere.h5"},
+     "model.backbone_weights", "no such file"),
 ])
 def test_broken_rules_name_file_key_and_rule(tmp_path: Path, changes: dict, where: str,
                                              rule: str) -> None:
@@ -114,3 +135,17 @@ def test_baseline_takes_fixed_values_and_defaults(tmp_path: Path) -> None:
 def test_contains() -> None:
     assert contains(IntRange(2, 8, step=2), 6) and not contains(IntRange(2, 8, step=2), 5)
     assert contains(FloatRange(0.0, 0.5), 0.5) and not contains(Choice((1, 2)), 3)
+
+
+def test_relative_paths_are_resolved_at_load(tmp_path: Path, monkeypatch) -> None:
+    """Ray runs trials in folders of their own: a relative path must not reach them."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vgg.weights.h5").write_bytes(b"")
+    space = load_space(write(tmp_path, {
+        "data.cache_dir": "cache", "model.backbone": "vgg16",
+        "model.backbone_weights": {"type": "choice", "choices": ["none", "vgg.weights.h5"]},
+        "baselines": {"b": {"backbone_weights": "vgg.weights.h5"}}}))
+    weights = str(tmp_path / "vgg.weights.h5")
+    assert space.data.cache_dir == tmp_path / "cache"
+    assert space.params["backbone_weights"] == Choice(("none", weights))
+    assert space.baselines["b"].backbone_weights == weights

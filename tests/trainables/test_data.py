@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from conftest import shape_image, write_class_folders
 
 from trainables.data import DataError, DataSpec, SplitSource, list_images
+from trainables.files import shown
 from trainables.images import load_arrays
 
 
@@ -130,3 +132,30 @@ def test_a_uri_root_is_read_through_tensorflow(image_tree: Path, tmp_path: Path)
     assert np.array_equal(a.images, b.images) and len(b.skipped) == 1  # broken.jpg
     with pytest.raises(DataError, match="does not exist"):
         list_images(spec(f"{uri}-missing"), seed=1)
+
+
+def test_an_empty_class_folder_is_an_error_naming_it(image_tree: Path) -> None:
+    (image_tree / "hexagon").mkdir()
+    (image_tree / "hexagon" / "notes.txt").write_text("no image here")
+    with pytest.raises(DataError, match=f"class 'hexagon' has no images in the train split: "
+                                        f"its folder {image_tree / 'hexagon'} holds no"):
+        list_images(spec(image_tree), seed=0)
+    # a class the space does not list may be empty: it is not used
+    listing = list_images(spec(image_tree, classes=("circle", "square")), seed=0)
+    assert listing.classes == ("circle", "square")
+
+
+def test_a_file_name_that_is_not_utf8_is_read(image_tree: Path, tmp_path: Path) -> None:
+    """Linux file names are bytes: one from another system's encoding must neither crash the
+    listing, the cache key nor a message, and its image is used."""
+    name = os.fsencode(image_tree / "circle") + b"/caf\xe9.png"
+    with open(name, "wb") as f:
+        shape_image("circle", np.random.default_rng(5)).save(f, format="PNG")
+    listing = list_images(spec(image_tree, validation=0.5, test=None), seed=0)
+    every = [f for split in listing.splits.values() for f in split.files]
+    odd = next(f for f in every if f.endswith(".png") and "caf" in f)
+    assert os.fsencode(odd) == name and shown(odd).endswith("caf\ufffd.png")
+    split = next(s for s in listing.splits.values() if odd in s.files)
+    arrays = load_arrays(split, 8, "rgb", tmp_path / "cache")
+    assert odd not in arrays.skipped and len(arrays.images) == len(split.files) - \
+        sum(f.endswith("broken.jpg") for f in split.files)
