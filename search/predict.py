@@ -3,21 +3,31 @@
 MODEL is any MLflow model URI: `models:/cats_dogs/latest`, `models:/cats_dogs/3`, or
 `runs:/<run id>/model`. Class names, image size and colour mode come from the model's own
 metadata, so nothing but the registry is needed. Unreadable files are reported and skipped.
+
+A registered model is data, never code: anyone who can register a version in a shared
+registry must not run code as whoever predicts. The model loads with MLflow's pickle
+deserialization off and Keras' safe mode on; one that would need pickled objects, Python
+code shipped beside it or a module of its choosing imported is refused with exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from search.cli import add_tracking_uri
+from search.cli import EXIT_BAD_INPUT, add_tracking_uri
 from search.evaluation import class_probabilities, predicted_classes
 from trainables.data import IMAGE_SUFFIXES
 from trainables.files import shown
 from trainables.images import decode
+
+KERAS_MODULES = ("tensorflow.keras", "keras")  # what MLflow's TensorFlow flavour writes
+PICKLE = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 
 
 def image_files(targets: list[str]) -> list[Path]:
@@ -31,6 +41,34 @@ def image_files(targets: list[str]) -> list[Path]:
     return files
 
 
+def unsafe(flavors: dict[str, Any]) -> str | None:
+    """Why the model's MLmodel file asks for code to run on load, or None: Python code shipped
+    with the model (put on `sys.path`) or a Keras module other than Keras itself (imported)."""
+    flavor = flavors.get("tensorflow") or flavors.get("keras")
+    if flavor is None:
+        return f"not a Keras model (flavors: {', '.join(sorted(flavors))})"
+    if flavor.get("code"):
+        return f"it ships Python code ({flavor['code']}) to import"
+    if flavor.get("keras_module", "tensorflow.keras") not in KERAS_MODULES:
+        return f"it names {flavor['keras_module']!r} as its Keras module, to import"
+    return None
+
+
+def load_safely(uri: str) -> Any:
+    """The Keras model at `uri`, loaded with pickle off and Keras' safe mode on."""
+    import mlflow
+
+    before = os.environ.get(PICKLE)
+    os.environ[PICKLE] = "false"
+    try:
+        return mlflow.tensorflow.load_model(uri, keras_model_kwargs={"safe_mode": True})
+    finally:
+        if before is None:
+            del os.environ[PICKLE]
+        else:
+            os.environ[PICKLE] = before
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m search.predict", description=__doc__.splitlines()[0])
     p.add_argument("model", help="models:/NAME/VERSION, models:/NAME/latest or runs:/ID/model")
@@ -41,11 +79,18 @@ def main(argv: list[str] | None = None) -> int:
 
     mlflow.set_tracking_uri(args.tracking_uri)
     try:
-        meta = mlflow.models.get_model_info(args.model).metadata or {}
-        model = mlflow.tensorflow.load_model(args.model)
+        info = mlflow.models.get_model_info(args.model)
+        refused = unsafe(info.flavors)
+        model = None if refused else load_safely(args.model)
     except mlflow.exceptions.MlflowException as exc:
-        print(f"error: cannot load {args.model}: {exc.message}", file=sys.stderr)
-        return 2
+        refused = (exc.message if "cloudpickle" not in exc.message else
+                   "it needs pickled Python objects (MLflow's cloudpickle), which run code")
+    except (ValueError, TypeError) as exc:  # Keras' safe mode refuses a layer of no known class
+        refused = str(exc).strip().splitlines()[0][:300]
+    if refused is not None:
+        print(f"error: cannot load {args.model}: {refused}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    meta = info.metadata or {}
     classes, size = meta["classes"], int(meta["image_size"])
     files, pixels, failures = [], [], 0
     for path in image_files(args.images):

@@ -47,7 +47,7 @@ seed: 3
   dense_units: 8
 train:
   optimizer: {{type: choice, choices: [adam, sgd]}}
-  learning_rate: {{type: choice, choices: [0.003, 0.01, 0.03, 10.0]}}
+  learning_rate: {{type: choice, choices: [0.003, 0.01, 0.03, 1.0e+30]}}
   epochs: 3
   batch_size: 8
 search:
@@ -65,7 +65,7 @@ baselines:
     conv_blocks: 1
     conv_filters: [4]
     optimizer: sgd
-    learning_rate: 10.0
+    learning_rate: 1.0e+30
 """
 
 
@@ -84,7 +84,7 @@ def shape_image(kind: str, rng: np.random.Generator, size: int = 16) -> Image.Im
 
 
 def write_class_folders(root: Path, n_per_class: int, seed: int = 0,
-                        classes: tuple[str, ...] = CLASSES) -> Path:
+                        classes: tuple[str, ...] = ("circle", "square", "stripes")) -> Path:
     rng = np.random.default_rng(seed)
     for cls in classes:
         (root / cls).mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def write_space(folder: Path, *, num_samples: int, epochs: int, dense_units: str
                 baselines: str = "", image_size: str = "12",
                 conv_filters: str = "{type: choice, choices: [4, 8]}") -> Path:
     """The steady space's file (experiment `faults`) and its data under `folder`."""
-    root = write_class_folders(folder / "data", 16)
+    root = write_class_folders(folder / "data", 16, classes=CLASSES)
     path = folder / "faults.yaml"
     text = STEADY_SPACE.format(root=root, cache=folder / "cache", num_samples=num_samples,
                                epochs=epochs, dense_units=dense_units, baselines=baselines,
@@ -150,7 +150,7 @@ def image_tree(tmp_path: Path) -> Path:
 
 def write_tiny_space(folder: Path, num_samples: int = 4) -> Path:
     """The tiny space's file and its data (16 images per class) under `folder`."""
-    root = write_class_folders(folder / "data", 16)
+    root = write_class_folders(folder / "data", 16, classes=CLASSES)
     path = folder / "tiny.yaml"
     path.write_text(TINY_SPACE.format(root=root, cache=folder / "cache", num_samples=num_samples))
     return path

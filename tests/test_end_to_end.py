@@ -3,15 +3,28 @@ what a user does after it (the report, classifying new photos)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
-from conftest import CLASSES, write_class_folders
+from conftest import (
+    CLASSES,
+    free_port,
+    stop_mlflow_server,
+    wait_for_server,
+    write_class_folders,
+)
 from mlflow.tracking import MlflowClient
 
 from search.predict import main as predict
 from search.report import main as report
+from trainables.images import decode
 
 
 def test_search_records_every_trial_and_registers_the_best(finished_search) -> None:
@@ -107,3 +120,35 @@ def test_registered_model_classifies_new_photos(finished_search, tmp_path: Path,
     assert len(lines) == 6 and all(ln[1] in CLASSES for ln in lines)
     assert all(0.0 <= float(ln[2]) <= 1.0 for ln in lines)
     assert "broken.jpg: unreadable, skipped" in captured.err
+
+
+def test_mlflow_serves_the_registered_model_over_http(finished_search, tmp_path: Path) -> None:
+    """`mlflow models serve`, as people put a registered model behind an API: with pickle
+    deserialization off, it answers a real request with images."""
+    photos = write_class_folders(tmp_path / "photos", 2, seed=11)
+    files = sorted(photos.rglob("*.png"))
+    images = np.stack([decode(str(f), 12, "rgb") for f in files]).astype(np.float32)
+    port, log = free_port(), tmp_path / "serve.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": finished_search.tracking_uri,
+           "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/tiny/1",
+             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_server(url, server, log)
+        request = urllib.request.Request(
+            f"{url}/invocations", json.dumps({"inputs": images.tolist()}).encode(),
+            {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = np.array(json.load(response)["predictions"])
+    finally:
+        stop_mlflow_server(server)
+    mlflow.set_tracking_uri(finished_search.tracking_uri)
+    local = mlflow.tensorflow.load_model("models:/tiny/1").predict(images, verbose=0)
+    assert served.shape == (len(files), len(CLASSES))
+    np.testing.assert_allclose(served, local, rtol=1e-5, atol=1e-6)
+    assert [CLASSES[i] for i in served.argmax(axis=1)] == \
+        [CLASSES[i] for i in local.argmax(axis=1)]

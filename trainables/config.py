@@ -89,15 +89,15 @@ class TrialConfig:
                                       per="dense_layers")
     dense_batch_norm: bool = _k(False, "model", bool)
     dense_dropout: float = _k(0.0, "model", float, low=0.0, high=1.0, high_exclusive=True)
-    l2: float = _k(0.0, "model", float, low=0.0, high=10.0)
+    l2: float = _k(0.0, "model", float, low=0.0)
     head: str = _k("softmax", "model", str, choices=("softmax", "sigmoid"))
     # training
     optimizer: str = _k("adam", "train", str, choices=OPTIMIZERS)
-    learning_rate: float = _k(1e-3, "train", float, low=0.0, low_exclusive=True, high=10.0)
+    learning_rate: float = _k(1e-3, "train", float, low=0.0, low_exclusive=True)
     momentum: float = _k(0.0, "train", float, low=0.0, high=1.0, high_exclusive=True,
                          when=lambda c: c["optimizer"] == "sgd")
     # Old Keras `decay`: lr / (1 + decay * step), as the blood-cell report used it.
-    lr_decay: float = _k(0.0, "train", float, low=0.0, high=1.0)
+    lr_decay: float = _k(0.0, "train", float, low=0.0)
     epochs: int = _k(10, "train", int, low=1, high=MAX_EPOCHS)
     steps_per_epoch: int | None = _k(None, "train", int, low=1, high=MAX_STEPS, optional=True)
     validation_steps: int | None = _k(None, "train", int, low=1, high=MAX_STEPS, optional=True)

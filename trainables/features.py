@@ -40,7 +40,10 @@ def frozen_key(config: TrialConfig, frozen: keras.Model) -> str:
         stat = os.stat(weights)
         weights = f"{Path(weights).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     cut = frozen.get_layer("backbone_frozen").layers[-1].name
-    text = f"{config.backbone}|{weights}|{config.image_size}|{cut}|{np.dtype(DTYPE).name}"
+    # the preprocessing layer's kind: its float arithmetic is part of the features
+    preprocess = [type(layer).__name__ for layer in frozen.layers if layer.name == "preprocess"]
+    text = (f"{config.backbone}|{weights}|{config.image_size}|{cut}|{np.dtype(DTYPE).name}|"
+            f"{preprocess}")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

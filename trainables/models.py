@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
+import numpy as np
 
 from trainables.config import TrialConfig
 
@@ -32,19 +33,23 @@ BACKBONES: dict[str, tuple[Callable[..., keras.Model], str | None]] = {
 }
 
 
-@keras.saving.register_keras_serializable(package="trainables")
-class ImagenetPreprocess(keras.layers.Layer):
-    """`keras.applications` preprocessing as a saveable layer (a Lambda would not load safely)."""
+# `keras.applications.imagenet_utils.preprocess_input`'s "caffe" mode: RGB to BGR, then each
+# channel less its ImageNet mean
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
-    def __init__(self, mode: str, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.mode = mode
 
-    def call(self, x: Any) -> Any:
-        return keras.applications.imagenet_utils.preprocess_input(x, mode=self.mode)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "mode": self.mode}
+def imagenet_preprocess(mode: str, channels: int) -> keras.layers.Layer:
+    """A backbone's ImageNet preprocessing as one built-in Keras layer, so a saved model
+    loads with Keras' safe mode and no class of ours: "tf" scales to [-1, 1]; "caffe" is a
+    fixed 1x1 convolution that swaps the channels to BGR (a 0/1 matrix: exact in float32)
+    and adds minus the mean as its bias."""
+    if mode == "tf":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")
+    swap = np.eye(channels, dtype=np.float32)[::-1].reshape(1, 1, channels, channels)
+    return keras.layers.Conv2D(
+        channels, 1, trainable=False, name="preprocess",
+        kernel_initializer=keras.initializers.Constant(swap),
+        bias_initializer=keras.initializers.Constant(-np.array(CAFFE_MEAN_BGR, np.float32)))
 
 
 def feature_map_size(config: TrialConfig) -> int:
@@ -156,7 +161,7 @@ def _frozen(config: TrialConfig, base: keras.Model, cut: int) -> keras.Model:
     inputs = keras.Input((config.image_size, config.image_size, base.input_shape[-1]),
                          name="image")
     mode = BACKBONES[config.backbone][1]
-    x = inputs if mode is None else ImagenetPreprocess(mode, name="preprocess")(inputs)
+    x = inputs if mode is None else imagenet_preprocess(mode, base.input_shape[-1])(inputs)
     below = keras.Model(base.input, base.layers[cut - 1].output, name="backbone_frozen")
     return keras.Model(inputs, below(x, training=False), name="frozen")
 

@@ -98,7 +98,7 @@ def test_train_reports_every_epoch(head: str) -> None:
 def test_diverging_loss_fails_the_trial() -> None:
     config = TrialConfig(image_size=10, conv_blocks=1, conv_filters=(4,),
                          conv_kernel_size=(3,), dense_units=(8,), optimizer="sgd",
-                         learning_rate=10.0, batch_size=8)
+                         learning_rate=1e30, batch_size=8)
     with pytest.raises(TrialFailed, match="not finite"):
         train(config, tiny_data(), lambda m, model: None, epochs=3)
 
