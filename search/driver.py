@@ -7,8 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from search.searcher import (
     tpe_startup_trials,
 )
 from search.server import check_server
-from search.space import Choice, Fixed, Space
+from search.space import Choice, Fixed, Space, changes, describe
 from search.study_views import param_importances, study_figures
 from search.summary import Outcome
 from search.tracking import (
@@ -102,10 +102,16 @@ def _ray_init(address: str | None) -> None:
                  runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
 
 
+class SearchStopped(KeyboardInterrupt):
+    """The search was told to stop (Ctrl-C, SIGTERM, SIGHUP) before its trials ended: Tune
+    saved its state, and `--resume` finishes it."""
+
+
 def run_search(space: Space, options: Options) -> Outcome:
     """Run the search `space` describes (or resume and extend the last one) and record it in
     MLflow. Trials that fail are recorded as failed; the search goes on without them (and
-    its parent run ends FAILED if every trial failed)."""
+    its parent run ends FAILED if every trial failed). One driver runs a search at a time
+    (`SearchFolder.lock`); a search stopped early raises `SearchStopped`, its runs KILLED."""
     freeze_imports()
     check_server(options.tracking_uri)
     listing = prepare_data(space)
@@ -139,41 +145,60 @@ def run_search(space: Space, options: Options) -> Outcome:
             accuracy, evaluated_on, model_uri = _evaluate_and_register(
                 space, listing, results[best["trial_id"]], best["trial_id"], parent)
         client.set_terminated(parent, "FAILED" if all_failed(table) else "FINISHED")
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(MlflowException):  # the server may be what failed
-            client.set_terminated(parent, "FAILED")
+            if isinstance(exc, KeyboardInterrupt):  # SearchStopped included
+                # its running trials' runs are KILLED by TrialRunLogger as the part ends
+                client.set_tag(parent, "stopped", "run the search again with --resume")
+                client.set_terminated(parent, "KILLED")
+            else:
+                client.set_terminated(parent, "FAILED")
         raise
+    finally:
+        folder.unlock()
     return Outcome(space.name, table, str(folder.results_path), parent, best, accuracy,
                    evaluated_on, model_uri)
 
 
 def _new_folder(client: MlflowClient, storage: Path, space: Space, listing: Listing,
                 tracking_uri: str) -> SearchFolder:
-    """Open the parent run of a new search and write its folder's index."""
-    name = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """Make and lock a new search's folder, open its parent run, and write its index."""
+    folder = SearchFolder.create(storage, space.name, describe(space))
     s = space.search
-    parent = start_parent_run(client, space.name, name, {
-        "space_file": str(space.source), "seed": space.seed, "num_samples": s.num_samples,
-        "sampler": s.sampler, "asha_max_epochs": s.asha.max_epochs,
-        "asha_grace_period": s.asha.grace_period,
-        "asha_reduction_factor": s.asha.reduction_factor,
-        "cpu_per_trial": s.resources.cpu, "gpu_per_trial": s.resources.gpu,
-        "classes": ",".join(listing.classes),
-    })
+    try:
+        parent = start_parent_run(client, space.name, folder.path.name, {
+            "space_file": str(space.source), "seed": space.seed, "num_samples": s.num_samples,
+            "sampler": s.sampler, "asha_max_epochs": s.asha.max_epochs,
+            "asha_grace_period": s.asha.grace_period,
+            "asha_reduction_factor": s.asha.reduction_factor,
+            "cpu_per_trial": s.resources.cpu, "gpu_per_trial": s.resources.gpu,
+            "classes": ",".join(listing.classes),
+        })
+    except BaseException:
+        shutil.rmtree(folder.path)  # nothing half-made left behind
+        raise
     client.log_artifact(parent, str(space.source))
-    folder = SearchFolder(storage / name, space.name, parent, tracking_uri)
+    folder.parent_run_id, folder.tracking_uri = parent, tracking_uri
     folder.save()
     client.set_tag(parent, "search_folder", str(folder.path))
     return folder
 
 
 def _resumed_folder(client: MlflowClient, storage: Path, space: Space) -> SearchFolder:
-    """The newest search of the space, its parent run reopened."""
+    """The newest search of the space, locked by this driver, its parent run reopened. A
+    search whose space changed since it began is not resumed."""
     folder = SearchFolder.latest(storage, space.name)
+    changed = changes(folder.space_values, describe(space)) if folder.space_values else []
+    if changed:
+        raise ResumeError(f"the space changed since the search in {folder.path} began, so it "
+                          f"cannot be resumed (run without --resume for a new search): "
+                          f"{'; '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}")
+    folder.lock()
     folder.clear_stale_lock()  # only this driver resumes it
     try:
         client.update_run(folder.parent_run_id, status="RUNNING")
     except MlflowException:
+        folder.unlock()
         raise ResumeError(f"the parent run {folder.parent_run_id} of {folder.path} is not in "
                           f"this tracking store; the search used --tracking-uri "
                           f"{folder.tracking_uri}") from None
@@ -207,6 +232,9 @@ def _run_parts(space: Space, listing: Listing, options: Options,
 def _fit(tuner: tune.Tuner) -> tune.ResultGrid:
     """Run a Tune part to its end, then keep each trial's best checkpoint alone."""
     grid = tuner.fit()
+    if grid.num_terminated + grid.num_errors < len(grid):
+        # Tune returns early, its state saved, when told to stop (its SIGINT handler)
+        raise SearchStopped("the search was stopped before its trials ended")
     prune(grid)
     return grid
 

@@ -1,7 +1,9 @@
 """A search's folder under `--storage-path`: what it takes to resume or extend it.
 
     <storage>/<search name>/
-        search.json       the space's name, the MLflow parent run, the Tune experiments (parts)
+        search.json       the space's name and values, the MLflow parent run, the Tune
+                          experiments (parts)
+        driver.lock       the host and pid of the driver running the search, while it runs
         optuna.journal    the Optuna study, shared by every part: the sampler learns from all
         part-1/ part-2/   one Ray Tune experiment each (the search, then each extension)
         results.parquet   the table of every trial of every part
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +26,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 INDEX = "search.json"
+LOCK = "driver.lock"
 STUDY_NAME = "search"
 
 
@@ -38,6 +42,56 @@ class SearchFolder:
     tracking_uri: str
     created: float = field(default_factory=time.time)
     parts: list[str] = field(default_factory=list)
+    space_values: dict[str, str] = field(default_factory=dict)  # `search.space.describe`
+
+    @classmethod
+    def create(cls, storage: Path, space: str, space_values: dict[str, str]) -> SearchFolder:
+        """A new search's folder, `<space>-<date>-<time>` (`-2`, `-3`... for another search of
+        the space started in the same second), locked by this driver; its parent run is set
+        by the caller before `save`."""
+        stamp = f"{space}-{time.strftime('%Y%m%d-%H%M%S')}"
+        storage.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            path = storage / (stamp if n == 1 else f"{stamp}-{n}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            folder = cls(path, space, "", "", space_values=space_values)
+            folder.lock()
+            return folder
+        raise ResumeError(f"cannot make a folder for a new search under {storage}/")
+
+    def lock(self) -> None:
+        """Hold the search for this driver: a lock file naming its host and pid. A lock left by
+        a driver that died on this host is taken over; one held by a live driver, or by a
+        driver on another host (whose life cannot be checked from here), is a `ResumeError`."""
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        try:
+            fd = os.open(self.path / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = self._holder()
+            if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                (self.path / LOCK).unlink(missing_ok=True)
+                return self.lock()
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
+            raise ResumeError(
+                f"{self.path} is being run by the driver with pid {holder.get('pid')} on "
+                f"{holder.get('host')} (since {since}); one driver per search. If that driver "
+                f"is gone, delete {self.path / LOCK}") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+
+    def unlock(self) -> None:
+        """Give the search up (only a lock this process holds)."""
+        if self._holder().get("pid") == os.getpid():
+            (self.path / LOCK).unlink(missing_ok=True)
+
+    def _holder(self) -> dict:
+        try:
+            return dict(json.loads((self.path / LOCK).read_text()))
+        except (OSError, ValueError):
+            return {}  # gone, or half-written by a driver killed at that instant
 
     @property
     def results_path(self) -> Path:
@@ -50,7 +104,7 @@ class SearchFolder:
 
     def clear_stale_lock(self) -> None:
         """A driver killed while writing the journal leaves its lock behind, and Optuna would
-        wait 30 s before breaking it. Call only where no other driver can run this search."""
+        wait 30 s before breaking it. Call only while holding the search's `lock`."""
         (self.path / "optuna.journal.lock").unlink(missing_ok=True)
 
     def load_study(self) -> optuna.Study:
@@ -83,3 +137,16 @@ class SearchFolder:
             raise ResumeError(f"no search of space {space!r} to resume under {storage}/ "
                               f"(pass the --storage-path the search used)")
         return max(found, key=lambda f: f.created)
+
+
+def _alive(pid: object) -> bool:
+    """Whether a process with this pid runs on this host."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

@@ -13,6 +13,7 @@ checkpoints); a finished one runs more trials if `--num-samples` asks for more t
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ from search.folder import ResumeError
 from search.server import TrackingError
 from search.space import SpaceError, load_space
 from trainables.data import DataError
+
+EXIT_STOPPED = 130  # as a shell reports a command ended by Ctrl-C
+STOPPED = ("stopped: Tune's state and the trials' checkpoints are kept under {storage}/; run "
+           "the same command with --resume to finish the search")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,8 +63,17 @@ def overrides(args: argparse.Namespace) -> dict[str, tuple[str, Any]]:
             if getattr(args, dest) is not None}
 
 
+def stop_as_ctrl_c(signum: int, frame: object) -> None:
+    """SIGTERM and SIGHUP (a scheduler's stop, a lost SSH session) stop the search as Ctrl-C
+    does: Tune's SIGINT handler saves its state and ends the part; elsewhere Python raises
+    KeyboardInterrupt."""
+    signal.raise_signal(signal.SIGINT)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, stop_as_ctrl_c)
     try:
         space = load_space(args.space, overrides(args))
         if args.dry_run:
@@ -83,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SpaceError, DataError, TrackingError, ResumeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP; the driver's SearchStopped
+        print(STOPPED.format(storage=args.storage_path), file=sys.stderr)
+        return EXIT_STOPPED
     except Exception as exc:
         # MLflow is imported only here: it takes a second, and every command starts here
         from mlflow.exceptions import MlflowException

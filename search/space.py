@@ -8,6 +8,7 @@ Code past this edge trusts a `Space`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import re
@@ -116,6 +117,29 @@ class Space:
     def baseline_points(self) -> list[dict[str, Any]]:
         """Each baseline as the searched (non-fixed) Optuna params that reproduce it."""
         return [searched_params(self, b) for b in self.baselines.values()]
+
+
+def describe(space: Space) -> dict[str, str]:
+    """The space as flat {key path: value} text, to tell whether a resumed search still has
+    the space it began with. The trial count is left out: a resume may raise it."""
+    values = dataclasses.asdict(space)
+    del values["source"], values["search"]["num_samples"]
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = repr(value)
+    walk("", values)
+    return flat
+
+
+def changes(before: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
+    """What differs between two `describe`s, one line per key path."""
+    return [f"{key}: {before.get(key, '(none)')} -> {now.get(key, '(none)')}"
+            for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
 
 
 def searched_params(space: Space, config: TrialConfig) -> dict[str, Any]:

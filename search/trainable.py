@@ -7,6 +7,10 @@ the trained part of the model and its optimizer's state, never a frozen backbone
 `whole_model` joins it to the frozen part the config rebuilds. A trial that runs out of
 memory fails with a `TrialOutOfMemory` that says so; the search goes on. Only `ray.tune` is
 imported: the `ray.train` reporting functions raise inside Tune.
+
+Tune retries every failed trial (`max_failures`), but only a dead worker is worth it: an
+error a retry cannot fix (out of memory, a loss that is not finite, a model that cannot be
+built) is written beside the trial, and a retry that finds it fails at once, naming it.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ from trainables.data import Listing
 from trainables.images import load_arrays
 from trainables.models import Parts, frozen_part, join
 from trainables.resources import configure_tensorflow, freeze_imports
-from trainables.train import TrialData, train
+from trainables.train import TrialData, TrialFailed, train
 
 
 class TrialOutOfMemory(RuntimeError):
     """The trial's model or batches did not fit in the memory it had."""
+
+
+FATAL_FILE = "fatal_error.txt"  # in the trial's folder: why it failed, where a retry cannot help
 
 
 def trial_epochs(space: Space, config: TrialConfig) -> int:
@@ -63,6 +70,9 @@ def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None
     and `peak_rss_mb` (of this worker process, which may have run trials before); and the
     Ray node it ran on (`node_id`)."""
     started_at = time.time()
+    fatal = Path(tune.get_context().get_trial_dir()) / FATAL_FILE
+    if fatal.exists():
+        raise TrialFailed(f"not retried, as a retry cannot fix it: {fatal.read_text()}")
     freeze_imports()
     node_id = ray.get_runtime_context().get_node_id()
     configure_tensorflow(space.search.resources.cpu, space.search.resources.gpu)
@@ -90,6 +100,11 @@ def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None
               feature_cache=space.search.feature_cache)
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrialOutOfMemory(
+        error = TrialOutOfMemory(
             f"out of memory (batch_size {config.batch_size}, image_size {config.image_size}): "
-            f"{first[:300]}") from exc
+            f"{first[:300]}")
+        fatal.write_text(str(error))
+        raise error from exc
+    except (TrialFailed, ValueError) as exc:  # a diverged loss; a model that cannot be built
+        fatal.write_text(str(exc).strip()[:1000])
+        raise

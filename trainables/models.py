@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
-import numpy as np
 
 from trainables.config import TrialConfig
 
@@ -38,18 +37,14 @@ BACKBONES: dict[str, tuple[Callable[..., keras.Model], str | None]] = {
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
-def imagenet_preprocess(mode: str, channels: int) -> keras.layers.Layer:
-    """A backbone's ImageNet preprocessing as one built-in Keras layer, so a saved model
-    loads with Keras' safe mode and no class of ours: "tf" scales to [-1, 1]; "caffe" is a
-    fixed 1x1 convolution that swaps the channels to BGR (a 0/1 matrix: exact in float32)
-    and adds minus the mean as its bias."""
+def imagenet_preprocess(images: Any, mode: str) -> Any:
+    """A backbone's ImageNet preprocessing of `images` in built-in Keras only, with no
+    weights, so a saved model loads in Keras' safe mode with no class of ours: "tf" scales to
+    [-1, 1]; "caffe" flips RGB to BGR (a `keras.ops` node) and takes each channel's mean off."""
     if mode == "tf":
-        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")
-    swap = np.eye(channels, dtype=np.float32)[::-1].reshape(1, 1, channels, channels)
-    return keras.layers.Conv2D(
-        channels, 1, trainable=False, name="preprocess",
-        kernel_initializer=keras.initializers.Constant(swap),
-        bias_initializer=keras.initializers.Constant(-np.array(CAFFE_MEAN_BGR, np.float32)))
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(images)
+    return keras.layers.Rescaling(1.0, offset=[-mean for mean in CAFFE_MEAN_BGR],
+                                  name="preprocess")(keras.ops.flip(images, axis=-1))
 
 
 def feature_map_size(config: TrialConfig) -> int:
@@ -161,7 +156,7 @@ def _frozen(config: TrialConfig, base: keras.Model, cut: int) -> keras.Model:
     inputs = keras.Input((config.image_size, config.image_size, base.input_shape[-1]),
                          name="image")
     mode = BACKBONES[config.backbone][1]
-    x = inputs if mode is None else imagenet_preprocess(mode, base.input_shape[-1])(inputs)
+    x = inputs if mode is None else imagenet_preprocess(inputs, mode)
     below = keras.Model(base.input, base.layers[cut - 1].output, name="backbone_frozen")
     return keras.Model(inputs, below(x, training=False), name="frozen")
 

@@ -1,0 +1,76 @@
+"""One owner per search: a new search's folder of its own, a lock naming the driver that
+holds it, and no resume of a search whose space changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_space
+
+from search.folder import LOCK, ResumeError, SearchFolder
+from search.run import main
+from search.space import describe, load_space
+
+
+def test_searches_started_in_the_same_second_get_folders_of_their_own(tmp_path: Path) -> None:
+    folders = [SearchFolder.create(tmp_path, "s", {}) for _ in range(3)]
+    assert len({f.path for f in folders}) == 3
+    assert [f.path.name.count("-") for f in folders][1:] == [3, 3]  # s-date-time-2, -3
+
+
+def test_a_live_driver_holds_its_search_and_a_dead_one_lets_go(tmp_path: Path) -> None:
+    folder = SearchFolder.create(tmp_path, "s", {})
+    holder = json.loads((folder.path / LOCK).read_text())
+    assert holder["host"] == socket.gethostname() and holder["pid"] == os.getpid()
+    with pytest.raises(ResumeError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+        SearchFolder(folder.path, "s", "", "").lock()
+    folder.unlock()
+    assert not (folder.path / LOCK).exists()
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    (folder.path / LOCK).write_text(json.dumps(
+        {"host": socket.gethostname(), "pid": int(dead.stdout), "since": 0}))
+    folder.lock()  # the driver that held it is gone: taken over
+    assert json.loads((folder.path / LOCK).read_text())["pid"] == os.getpid()
+    folder.unlock()
+    (folder.path / LOCK).write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": 0}))
+    with pytest.raises(ResumeError, match="on elsewhere"):  # its life cannot be checked
+        folder.lock()
+
+
+def _begun(tmp_path: Path) -> tuple[Path, SearchFolder]:
+    """A space, and a search of it as a driver begins one (its folder and index)."""
+    space = write_space(tmp_path, num_samples=2, epochs=2)
+    folder = SearchFolder.create(tmp_path / "ray", "faults", describe(load_space(space)))
+    folder.parent_run_id, folder.tracking_uri = "0" * 32, "sqlite://"
+    folder.save()
+    return space, folder
+
+
+def test_a_second_driver_cannot_resume_a_running_search(tmp_path: Path, capsys) -> None:
+    space, _ = _begun(tmp_path)
+    assert main([str(space), "--resume", "--storage-path", str(tmp_path / "ray"),
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"is being run by the driver with pid {os.getpid()}" in err and LOCK in err, err
+
+
+def test_a_resume_whose_space_changed_is_refused_naming_the_change(tmp_path: Path,
+                                                                   capsys) -> None:
+    space, folder = _begun(tmp_path)
+    folder.unlock()
+    space.write_text(space.read_text().replace("batch_size: 8", "batch_size: 16"))
+    assert main([str(space), "--resume", "--storage-path", str(tmp_path / "ray"),
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert "the space changed since the search" in err, err
+    assert "params.batch_size.value: 8 -> 16" in err, err
+    # more trials are what a resume may ask for
+    assert main([str(space), "--resume", "--num-samples", "5", "--dry-run"]) == 0
