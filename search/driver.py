@@ -8,7 +8,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,17 @@ def _ray_init(address: str | None) -> None:
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+    if threading.current_thread() is threading.main_thread():
+        # after ray.init, whose own SIGTERM handler exits at once
+        for stop in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(stop, _stop_as_ctrl_c)
+
+
+def _stop_as_ctrl_c(signum: int, frame: object) -> None:
+    """SIGTERM and SIGHUP (a scheduler's stop, a lost SSH session) stop the search as Ctrl-C
+    does: Tune's SIGINT handler saves its state and ends the part (then `SearchStopped`);
+    outside a part, Python raises KeyboardInterrupt."""
+    signal.raise_signal(signal.SIGINT)
 
 
 class SearchStopped(KeyboardInterrupt):
@@ -214,7 +227,7 @@ def _run_parts(space: Space, listing: Listing, options: Options,
     _ray_init(options.address)  # before with_parameters, which puts the data in Ray's store
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its reporter prints a banner at verbose=0
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, space=space, listing=listing),
+        tune.with_parameters(run_trial, space=space, listing=listing, search_folder=folder.path),
         {"cpu": space.search.resources.cpu, "gpu": space.search.resources.gpu})
     grids = []
     for part in folder.parts:
@@ -232,8 +245,9 @@ def _run_parts(space: Space, listing: Listing, options: Options,
 def _fit(tuner: tune.Tuner) -> tune.ResultGrid:
     """Run a Tune part to its end, then keep each trial's best checkpoint alone."""
     grid = tuner.fit()
-    if grid.num_terminated + grid.num_errors < len(grid):
-        # Tune returns early, its state saved, when told to stop (its SIGINT handler)
+    if any(result.error is None and not result.metrics.get("done") for result in grid):
+        # told to stop (its SIGINT handler), Tune saves its state, stops the running trials
+        # and returns: their last results, unlike an ended trial's, are not `done`
         raise SearchStopped("the search was stopped before its trials ended")
     prune(grid)
     return grid

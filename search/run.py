@@ -13,7 +13,6 @@ checkpoints); a finished one runs more trials if `--num-samples` asks for more t
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,17 +62,8 @@ def overrides(args: argparse.Namespace) -> dict[str, tuple[str, Any]]:
             if getattr(args, dest) is not None}
 
 
-def stop_as_ctrl_c(signum: int, frame: object) -> None:
-    """SIGTERM and SIGHUP (a scheduler's stop, a lost SSH session) stop the search as Ctrl-C
-    does: Tune's SIGINT handler saves its state and ends the part; elsewhere Python raises
-    KeyboardInterrupt."""
-    signal.raise_signal(signal.SIGINT)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for stop in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stop, stop_as_ctrl_c)
     try:
         space = load_space(args.space, overrides(args))
         if args.dry_run:

@@ -10,7 +10,8 @@ imported: the `ray.train` reporting functions raise inside Tune.
 
 Tune retries every failed trial (`max_failures`), but only a dead worker is worth it: an
 error a retry cannot fix (out of memory, a loss that is not finite, a model that cannot be
-built) is written beside the trial, and a retry that finds it fails at once, naming it.
+built) is written to `<search folder>/fatal_errors/<trial id>` (shared storage on a cluster,
+as Tune's is), and a retry that finds it fails at once, naming it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class TrialOutOfMemory(RuntimeError):
     """The trial's model or batches did not fit in the memory it had."""
 
 
-FATAL_FILE = "fatal_error.txt"  # in the trial's folder: why it failed, where a retry cannot help
+FATAL_ERRORS = "fatal_errors"  # in the search's folder: why a trial failed, by trial id
 
 
 def trial_epochs(space: Space, config: TrialConfig) -> int:
@@ -62,7 +63,8 @@ def whole_model(folder: Path, config: TrialConfig, channels: int) -> keras.Model
     return join(Parts(frozen_part(config, channels), saved.load_trained(folder)))
 
 
-def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None:
+def run_trial(params: dict[str, Any], *, space: Space, listing: Listing,
+              search_folder: Path) -> None:
     """Ray Tune function trainable: train one trial, reporting and checkpointing every epoch.
 
     Besides the epoch's metrics each report carries what the benchmarks account with:
@@ -70,7 +72,7 @@ def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None
     and `peak_rss_mb` (of this worker process, which may have run trials before); and the
     Ray node it ran on (`node_id`)."""
     started_at = time.time()
-    fatal = Path(tune.get_context().get_trial_dir()) / FATAL_FILE
+    fatal = search_folder / FATAL_ERRORS / tune.get_context().get_trial_id()
     if fatal.exists():
         raise TrialFailed(f"not retried, as a retry cannot fix it: {fatal.read_text()}")
     freeze_imports()
@@ -103,8 +105,13 @@ def run_trial(params: dict[str, Any], *, space: Space, listing: Listing) -> None
         error = TrialOutOfMemory(
             f"out of memory (batch_size {config.batch_size}, image_size {config.image_size}): "
             f"{first[:300]}")
-        fatal.write_text(str(error))
+        _record(fatal, str(error))
         raise error from exc
     except (TrialFailed, ValueError) as exc:  # a diverged loss; a model that cannot be built
-        fatal.write_text(str(exc).strip()[:1000])
+        _record(fatal, str(exc).strip()[:1000])
         raise
+
+
+def _record(fatal: Path, error: str) -> None:
+    fatal.parent.mkdir(exist_ok=True)
+    fatal.write_text(error)
