@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from search.checkpoints import CheckpointPruner, best_checkpoint, prune
+from search.console import LOG_FILE, say, to_log
 from search.evaluation import confusion_figure, curves_figure, evaluate, predicted_classes
 from search.folder import STUDY_NAME, ResumeError, SearchFolder
 from search.objective import METRIC
@@ -94,13 +95,16 @@ def prepare_data(space: Space) -> Listing:
                                     f"none of its {len(files)} files could be decoded, such as "
                                     f"{shown(files[0])}")
     if skipped:
-        print(f"skipped {len(skipped)} unreadable images, for example {shown(min(skipped))}")
+        say(f"skipped {len(skipped)} unreadable images, for example {shown(min(skipped))}")
     return listing
 
 
 def _ray_init(address: str | None) -> None:
+    """Start Ray, or connect to `address`, unless a Ray is already up; then SIGTERM and
+    SIGHUP stop the search as Ctrl-C does. Workers' output stays out of the terminal: each
+    trial writes to the search's log (`search.trainable`), the rest to Ray's session logs."""
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=True,
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
     if threading.current_thread() is threading.main_thread():
         # after ray.init, whose own SIGTERM handler exits at once
@@ -135,29 +139,8 @@ def run_search(space: Space, options: Options) -> Outcome:
         _new_folder(client, storage, space, listing, options.tracking_uri)
     parent = folder.parent_run_id
     try:
-        done = _run_parts(space, listing, options, folder)
-        study = folder.load_study()
-        pairs = [(record, result) for grid in done
-                 for record, result in zip(records_from_grid(grid, pruned_trial_ids(study)), grid)]
-        records = [record for record, _ in pairs]
-        fail_orphans(study, {record.trial_id for record in records})
-        mended = mend_trial_runs(client, parent, records)
-        if mended:
-            print(f"wrote what MLflow had missed of {mended} trial(s), from Ray's results")
-        table = results_table(records)
-        table.to_parquet(folder.results_path, index=False)
-        client.set_tag(parent, "results_path", str(folder.results_path))
-        _log_overview(client, parent, table, records, folder.results_path)
-        _log_study(client, parent, study)
-        results = {record.trial_id: result for record, result in pairs}
-        # a trial cut short by the epoch budget may have no checkpoint to evaluate
-        best = best_trial(table[[_checkpoint(results[t]) is not None
-                                 for t in table["trial_id"]]] if len(table) else table)
-        accuracy, evaluated_on, model_uri = None, "", None
-        if best is not None:
-            accuracy, evaluated_on, model_uri = _evaluate_and_register(
-                space, listing, results[best["trial_id"]], best["trial_id"], parent)
-        client.set_terminated(parent, "FAILED" if all_failed(table) else "FINISHED")
+        with to_log(folder.path / LOG_FILE):
+            return _search(space, listing, options, folder, client)
     except BaseException as exc:
         with contextlib.suppress(MlflowException):  # the server may be what failed
             if isinstance(exc, KeyboardInterrupt):  # SearchStopped included
@@ -169,6 +152,37 @@ def run_search(space: Space, options: Options) -> Outcome:
         raise
     finally:
         folder.unlock()
+
+
+def _search(space: Space, listing: Listing, options: Options, folder: SearchFolder,
+            client: MlflowClient) -> Outcome:
+    """The search in its folder: run its parts, then record the results and register the
+    best model."""
+    parent = folder.parent_run_id
+    _ray_init(options.address)
+    done = _run_parts(space, listing, options, folder)
+    study = folder.load_study()
+    pairs = [(record, result) for grid in done
+             for record, result in zip(records_from_grid(grid, pruned_trial_ids(study)), grid)]
+    records = [record for record, _ in pairs]
+    fail_orphans(study, {record.trial_id for record in records})
+    mended = mend_trial_runs(client, parent, records)
+    if mended:
+        say(f"wrote what MLflow had missed of {mended} trial(s), from Ray's results")
+    table = results_table(records)
+    table.to_parquet(folder.results_path, index=False)
+    client.set_tag(parent, "results_path", str(folder.results_path))
+    _log_overview(client, parent, table, records, folder.results_path)
+    _log_study(client, parent, study)
+    results = {record.trial_id: result for record, result in pairs}
+    # a trial cut short by the epoch budget may have no checkpoint to evaluate
+    best = best_trial(table[[_checkpoint(results[t]) is not None
+                             for t in table["trial_id"]]] if len(table) else table)
+    accuracy, evaluated_on, model_uri = None, "", None
+    if best is not None:
+        accuracy, evaluated_on, model_uri = _evaluate_and_register(
+            space, listing, results[best["trial_id"]], best["trial_id"], parent)
+    client.set_terminated(parent, "FAILED" if all_failed(table) else "FINISHED")
     return Outcome(space.name, table, str(folder.results_path), parent, best, accuracy,
                    evaluated_on, model_uri)
 
@@ -215,7 +229,7 @@ def _resumed_folder(client: MlflowClient, storage: Path, space: Space) -> Search
         raise ResumeError(f"the parent run {folder.parent_run_id} of {folder.path} is not in "
                           f"this tracking store; the search used --tracking-uri "
                           f"{folder.tracking_uri}") from None
-    print(f"resuming {folder.path} ({len(folder.parts)} part(s) so far)")
+    say(f"resuming {folder.path} ({len(folder.parts)} part(s) so far)")
     return folder
 
 
@@ -224,7 +238,6 @@ def _run_parts(space: Space, listing: Listing, options: Options,
     """Every part's `ResultGrid`: earlier parts read back, the last one finished if the driver
     was killed during it, then a new part with the trials still to run (all of them, for a
     new search; the difference, when --num-samples raises a finished search's count)."""
-    _ray_init(options.address)  # before with_parameters, which puts the data in Ray's store
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its reporter prints a banner at verbose=0
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, space=space, listing=listing, search_folder=folder.path),
@@ -235,19 +248,24 @@ def _run_parts(space: Space, listing: Listing, options: Options,
         if not tune.Tuner.can_restore(path):
             continue  # killed before Tune wrote its first state: no trial ran
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True)
-        grids.append(_fit(tuner) if part == folder.parts[-1] else tuner.get_results())
+        grids.append(_fit(tuner, options.epoch_budget) if part == folder.parts[-1]
+                     else tuner.get_results())
     todo = space.search.num_samples - sum(len(grid) for grid in grids)
     if todo > 0:
-        grids.append(_fit(_new_part(space, options, folder, trainable, todo, first=not grids)))
+        grids.append(_fit(_new_part(space, options, folder, trainable, todo, first=not grids),
+                          options.epoch_budget))
     return grids
 
 
-def _fit(tuner: tune.Tuner) -> tune.ResultGrid:
+def _fit(tuner: tune.Tuner, epoch_budget: int | None) -> tune.ResultGrid:
     """Run a Tune part to its end, then keep each trial's best checkpoint alone."""
     grid = tuner.fit()
-    if any(result.error is None and not result.metrics.get("done") for result in grid):
-        # told to stop (its SIGINT handler), Tune saves its state, stops the running trials
-        # and returns: their last results, unlike an ended trial's, are not `done`
+    # told to stop (its SIGINT handler), Tune saves its state, stops the running trials and
+    # returns: their last results, unlike an ended trial's, are not `done`. So does a spent
+    # epoch budget (one report per epoch), which is no stop.
+    cut = any(result.error is None and not result.metrics.get("done") for result in grid)
+    spent = sum(int(result.metrics.get("training_iteration", 0)) for result in grid)
+    if cut and not (epoch_budget and spent >= epoch_budget):
         raise SearchStopped("the search was stopped before its trials ended")
     prune(grid)
     return grid
@@ -277,6 +295,7 @@ def _new_part(space: Space, options: Options, folder: SearchFolder, trainable: A
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=num_samples,
                                     max_concurrent_trials=s.max_concurrent,
+                                    trial_dirname_creator=trial_folder_name,
                                     # one worker process runs trial after trial: Python,
                                     # TensorFlow and the data are loaded once per worker
                                     reuse_actors=True),
@@ -291,6 +310,12 @@ def _new_part(space: Space, options: Options, folder: SearchFolder, trainable: A
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
         ),
     )
+
+
+def trial_folder_name(trial: Any) -> str:
+    """A trial's folder is its id: Tune's default name spells out its config (200
+    characters), in every path Tune prints and Ray writes."""
+    return str(trial.trial_id)
 
 
 def _log_overview(client: MlflowClient, parent: str, table: pd.DataFrame, records: list,

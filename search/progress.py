@@ -13,6 +13,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from search.console import say
 from search.objective import METRIC
 
 
@@ -74,7 +75,7 @@ class ProgressCallback(Callback):
 
     def _print(self) -> None:
         self._printed = time.monotonic()
-        print(self.progress.line(self._printed), flush=True)
+        say(self.progress.line(self._printed))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.progress.start(trial.trial_id)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from search.cli import EXIT_BAD_INPUT, add_tracking_uri
+from search.console import silenced
 from search.folder import ResumeError
 from search.server import TrackingError
 from search.space import SpaceError, load_space
@@ -66,11 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         space = load_space(args.space, overrides(args))
-        if args.dry_run:
+        with silenced():  # TensorFlow's start-up lines as it is imported
+            from search.driver import Options, run_search
             from search.dry_run import dry_run
+        if args.dry_run:
             dry_run(space)
             return 0
-        from search.driver import Options, run_search
         from search.results import all_failed, commonest_failure
         from search.summary import print_summary
         if args.epoch_budget is not None and args.epoch_budget < 1:

@@ -4,9 +4,11 @@ search ends, and by `search.report` later, from MLflow."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
+from search.console import LOG_FILE
 from trainables.train import ON_FEATURES, TRAINED_ON
 
 
@@ -49,6 +51,9 @@ def print_summary(outcome: Outcome, tracking_uri: str) -> None:
             print(f"  baseline {row['baseline']:<20} val_accuracy "
                   f"{row['best_val_accuracy']:.4f} ({row['status']}); best is {delta:+.4f}")
     print(f"results table: {outcome.results_path}")
+    log = Path(outcome.results_path).parent / LOG_FILE
+    if log.exists():
+        print(f"log (Ray, Tune, TensorFlow, MLflow): {log}")
     print(f"MLflow: experiment {outcome.name!r}, parent run {outcome.parent_run_id} at "
           f"{tracking_uri}")
     if outcome.model_uri:

@@ -27,6 +27,7 @@ import ray
 import tensorflow as tf
 from ray import tune
 
+from search.console import LOG_FILE, to_log
 from search.space import Space
 from trainables import checkpoint as saved
 from trainables.config import TrialConfig
@@ -65,7 +66,14 @@ def whole_model(folder: Path, config: TrialConfig, channels: int) -> keras.Model
 
 def run_trial(params: dict[str, Any], *, space: Space, listing: Listing,
               search_folder: Path) -> None:
-    """Ray Tune function trainable: train one trial, reporting and checkpointing every epoch.
+    """Ray Tune function trainable: train one trial (`_run`), what it prints and logs going
+    to the search's log, not the terminal."""
+    with to_log(search_folder / LOG_FILE):
+        _run(params, space, listing, search_folder)
+
+
+def _run(params: dict[str, Any], space: Space, listing: Listing, search_folder: Path) -> None:
+    """Train one trial, reporting and checkpointing every epoch.
 
     Besides the epoch's metrics each report carries what the benchmarks account with:
     `started_at` (wall clock when this function began), `checkpoint_s` (saving the model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -19,6 +20,7 @@ from conftest import (
     stop_mlflow_server,
     wait_for_server,
     write_class_folders,
+    write_tiny_space,
 )
 from mlflow.tracking import MlflowClient
 
@@ -86,7 +88,8 @@ def test_search_records_every_trial_and_registers_the_best(finished_search) -> N
 
     # an ended trial keeps its best checkpoint and its latest (none for a trial that
     # diverged before its first report), not one per epoch
-    trial_folders = list(finished_search.storage.glob("*/part-1/run_trial_*"))
+    trial_folders = [p for p in finished_search.storage.glob("*/part-1/*") if p.is_dir()]
+    assert {p.name for p in trial_folders} == set(table["trial_id"])  # short: the trial id
     assert len(trial_folders) == 5 and table["epochs_run"].max() > 2
     counts = sorted(len(list(f.glob("checkpoint_*"))) for f in trial_folders)
     unreported = int((table["epochs_run"] == 0).sum())
@@ -154,3 +157,26 @@ def test_mlflow_serves_the_registered_model_over_http(finished_search, tmp_path:
     np.testing.assert_allclose(served, local, rtol=1e-5, atol=1e-6)
     assert [CLASSES[i] for i in served.argmax(axis=1)] == \
         [CLASSES[i] for i in local.argmax(axis=1)]
+
+
+def test_the_terminal_shows_the_search_and_the_log_holds_the_rest(tmp_path: Path) -> None:
+    """A search as a user runs it: the progress line, the summary, and no machinery (no
+    TensorFlow or Ray start-up lines, no tracebacks of a trial that failed as it should, no
+    Ray paths); the search's log, named by the summary, has those."""
+    space = write_tiny_space(tmp_path, num_samples=3)  # the diverging baseline fails
+    done = subprocess.run(
+        [sys.executable, "-m", "search.run", str(space), "--tracking-uri",
+         f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage-path", str(tmp_path / "ray")],
+        check=False, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    for machinery in ("Traceback", "cuInit", "cudart", "absl", "Checkpoint successfully",
+                      "tune_controller", "View run", "Successfully registered", " INFO ",
+                      "WARNING", "(raylet)", "run_trial pid"):
+        assert machinery not in out, f"{machinery!r} on the terminal:\n{out[-3000:]}"
+    assert "3/3 trials done" in out and "registered model: models:/tiny/1" in out, out
+    assert len(out.splitlines()) <= 15, out
+    log = Path(re.search(r"log \(Ray, Tune, TensorFlow, MLflow\): (\S+)", out)[1])
+    text = log.read_text()
+    assert "Trial task failed" in text and "not finite" in text  # Tune's traceback
+    assert "Checkpoint successfully created" in text  # a trial's own lines
