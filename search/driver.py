@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from search.checkpoints import CheckpointPruner, best_checkpoint, prune
-from search.console import LOG_FILE, say, to_log
+from search.console import LOG_FILE, say, silenced, to_log
 from search.evaluation import confusion_figure, curves_figure, evaluate, predicted_classes
 from search.folder import STUDY_NAME, ResumeError, SearchFolder
 from search.objective import METRIC
@@ -133,7 +133,8 @@ def run_search(space: Space, options: Options) -> Outcome:
     check_server(options.tracking_uri)
     listing = prepare_data(space)
     mlflow.set_tracking_uri(options.tracking_uri)
-    client = MlflowClient()
+    with silenced():  # MLflow's lines as it makes a new store
+        client = MlflowClient()
     storage = options.storage_path.resolve()
     folder = _resumed_folder(client, storage, space) if options.resume else \
         _new_folder(client, storage, space, listing, options.tracking_uri)
@@ -194,9 +195,9 @@ def _new_folder(client: MlflowClient, storage: Path, space: Space, listing: List
     s = space.search
     try:
         parent = start_parent_run(client, space.name, folder.path.name, {
-            "space_file": str(space.source), "seed": space.seed, "num_samples": s.num_samples,
-            "sampler": s.sampler, "asha_max_epochs": s.asha.max_epochs,
-            "asha_grace_period": s.asha.grace_period,
+            "space_file": str(space.source), "seed": space.seed,
+            "num_samples": s.num_samples, "sampler": s.sampler,
+            "asha_max_epochs": s.asha.max_epochs, "asha_grace_period": s.asha.grace_period,
             "asha_reduction_factor": s.asha.reduction_factor,
             "cpu_per_trial": s.resources.cpu, "gpu_per_trial": s.resources.gpu,
             "classes": ",".join(listing.classes),
