@@ -310,3 +310,23 @@ def test_sigterm_stops_like_ctrl_c_and_credentials_are_never_written(
     assert "s3cret-pw" not in out
     for path in storage.rglob("*"):  # the password is in no file Ray, Optuna or we wrote
         assert not path.is_file() or b"s3cret-pw" not in path.read_bytes(), path
+
+
+def test_a_resume_after_a_kill_during_registration_registers_no_second_version(
+        ray_local, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = write_space(tmp_path, num_samples=2, epochs=2)
+    args = [str(space), "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray")]
+    assert main(args) == 0, capsys.readouterr()
+    client = MlflowClient(uri)
+    parent = trial_runs(uri, "faults")[0][0].info.run_id
+    # what a driver killed between registering the model and recording it on the parent
+    # run leaves: a version, and a parent that does not name it
+    for tag in ("registered_model", "best_trial_id"):
+        client.delete_tag(parent, tag)
+    assert main([*args, "--resume"]) == 0, capsys.readouterr()
+    versions = client.search_model_versions("name='faults'")
+    assert [int(v.version) for v in versions] == [1]
+    assert client.get_run(parent).data.tags["registered_model"] == "models:/faults/1"
+    assert client.get_run(versions[0].run_id).info.status == "FINISHED"
