@@ -194,12 +194,17 @@ def _name(checkpoint: tune.Checkpoint) -> str:
     return checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
 
 
+def kept_checkpoint(result: tune.Result) -> tune.Checkpoint | None:
+    """The checkpoint an ended trial keeps: its best-`val_accuracy` one, else its latest."""
+    return best_checkpoint(result.best_checkpoints) or result.checkpoint
+
+
 def prune(grid: tune.ResultGrid) -> None:
     """Once a Tune part has ended: delete each trial's checkpoints but its best, and the
     best's optimizer state. Any folder goes, not only those Tune lists: a killed driver's
     trials may have written some after its last saved state."""
     for result in grid:
-        best = best_checkpoint(result.best_checkpoints) or result.checkpoint
+        best = kept_checkpoint(result)
         folders = [info.base_name
                    for info in result.filesystem.get_file_info(FileSelector(result.path))
                    if info.type == FileType.Directory

@@ -5,7 +5,6 @@ registered. Called by `search.run`; everything here happens in the driver proces
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -15,24 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import keras
-import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import optuna
 import pandas as pd
 import ray
-import tensorflow as tf
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from search.checkpoints import CheckpointPruner, best_checkpoint, prune
+from search.checkpoints import CheckpointPruner, kept_checkpoint, prune
 from search.console import LOG_FILE, say, silenced, to_log
-from search.evaluation import confusion_figure, curves_figure, evaluate, predicted_classes
+from search.evaluation import curves_figure
 from search.folder import STUDY_NAME, ResumeError, SearchFolder
 from search.objective import METRIC
 from search.progress import ProgressCallback
+from search.registration import evaluate_and_register
 from search.results import all_failed, best_trial, records_from_grid, results_table
 from search.sampling import DefineByRun
 from search.searcher import (
@@ -47,20 +44,12 @@ from search.server import check_server
 from search.space import Choice, Fixed, Space, changes, describe
 from search.study_views import param_importances, study_figures
 from search.summary import Outcome
-from search.tracking import (
-    TrialRunLogger,
-    class_metric_names,
-    mend_trial_runs,
-    start_parent_run,
-    trial_run,
-)
-from search.trainable import run_trial, whole_model
-from trainables.config import TrialConfig
+from search.tracking import TrialRunLogger, log_figure, mend_trial_runs, start_parent_run
+from search.trainable import run_trial
 from trainables.data import DataError, Listing, list_images
 from trainables.digits import write_digits
 from trainables.files import shown
 from trainables.images import load_arrays
-from trainables.pipeline import make_dataset
 from trainables.resources import freeze_imports
 
 
@@ -177,11 +166,11 @@ def _search(space: Space, listing: Listing, options: Options, folder: SearchFold
     _log_study(client, parent, study)
     results = {record.trial_id: result for record, result in pairs}
     # a trial cut short by the epoch budget may have no checkpoint to evaluate
-    best = best_trial(table[[_checkpoint(results[t]) is not None
+    best = best_trial(table[[kept_checkpoint(results[t]) is not None
                              for t in table["trial_id"]]] if len(table) else table)
     accuracy, evaluated_on, model_uri = None, "", None
     if best is not None:
-        accuracy, evaluated_on, model_uri = _evaluate_and_register(
+        accuracy, evaluated_on, model_uri = evaluate_and_register(
             space, listing, results[best["trial_id"]], best["trial_id"], parent)
     client.set_terminated(parent, "FAILED" if all_failed(table) else "FINISHED")
     return Outcome(space.name, table, str(folder.results_path), parent, best, accuracy,
@@ -328,17 +317,12 @@ def _log_overview(client: MlflowClient, parent: str, table: pd.DataFrame, record
         client.log_artifact(parent, str(csv))
     histories = {r.trial_id + (f" ({r.config['baseline']})" if r.config.get("baseline") else ""):
                  r.history for r in records}
-    _log_figure(client, parent, curves_figure(histories, METRIC), "val_accuracy_curves.png")
+    log_figure(client, parent, curves_figure(histories, METRIC), "val_accuracy_curves.png")
     counts = table["status"].value_counts()
     for status in ("completed", "stopped", "failed"):
         client.log_metric(parent, f"trials_{status}", float(counts.get(status, 0)))
     if best_trial(table) is not None:
         client.log_metric(parent, "best_val_accuracy", float(table["best_val_accuracy"].max()))
-
-
-def _checkpoint(result: Any) -> tune.Checkpoint | None:
-    """The trial's best-`val_accuracy` checkpoint, else its latest, else None."""
-    return best_checkpoint(result.best_checkpoints) or result.checkpoint
 
 
 def _log_study(client: MlflowClient, parent: str, study: optuna.Study) -> None:
@@ -347,76 +331,4 @@ def _log_study(client: MlflowClient, parent: str, study: optuna.Study) -> None:
     if importances:
         client.log_dict(parent, importances, "optuna_param_importances.json")
     for name, figure in study_figures(study).items():
-        _log_figure(client, parent, figure, name)
-
-
-def _log_model(client: MlflowClient, run_id: str, model: keras.Model, space: Space,
-               listing: Listing, config: TrialConfig, result: Any, example: Any) -> int:
-    """Log `model` on the trial's run and register it as a new version of the space's model.
-    The run keeps its own status and end, whatever happens here."""
-    trial_end = client.get_run(run_id).info
-    # MLflow predicts on the input example without verbose=0: no progress bars in our output
-    was_interactive = keras.config.is_interactive_logging_enabled()
-    keras.config.disable_interactive_logging()
-    try:
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.tensorflow.log_model(
-                model, name="model", registered_model_name=space.name, input_example=example,
-                # stated, not inferred: inference reloads the model in a subprocess (6 s of a
-                # 25-s search) and lists this unpublished package
-                pip_requirements=[f"tensorflow=={tf.__version__}",
-                                  f"keras=={keras.__version__}"],
-                metadata={"classes": list(listing.classes), "image_size": config.image_size,
-                          "color_mode": space.data.color_mode, "space": space.name,
-                          "trial_config": json.dumps(result.config, default=str)})
-    finally:
-        if was_interactive:
-            keras.config.enable_interactive_logging()
-        # leaving start_run() stamps the run as ending now (FAILED, if logging failed): keep
-        # the trial's own status and end (its duration)
-        client.set_terminated(run_id, trial_end.status, end_time=trial_end.end_time)
-    return int(info.registered_model_version)
-
-
-def _log_figure(client: MlflowClient, run_id: str, figure: plt.Figure, name: str) -> None:
-    client.log_figure(run_id, figure, name, save_kwargs={"bbox_inches": "tight"})
-    plt.close(figure)  # pyplot keeps every figure alive until closed
-
-
-def _evaluate_and_register(space: Space, listing: Listing, result: Any, trial_id: str,
-                           parent: str) -> tuple[float, str, str]:
-    """Evaluate the best trial's best checkpoint on the test split (validation if the space
-    has none), log it as an MLflow model on the trial's run and register a new version.
-    A resumed search whose best trial has not changed keeps the version it registered, even
-    one a driver killed before recording it on the parent run registered."""
-    client = MlflowClient()
-    split = "test" if "test" in listing.splits else "validation"
-    earlier = client.get_run(parent).data
-    if earlier.tags.get("best_trial_id") == trial_id and "registered_model" in earlier.tags:
-        return earlier.metrics[f"{split}_accuracy"], split, earlier.tags["registered_model"]
-    run_id = trial_run(client, parent, trial_id)
-    config = TrialConfig.from_params(result.config)
-    with _checkpoint(result).as_directory() as folder:
-        model = whole_model(Path(folder), config, space.data.channels)
-    arrays = load_arrays(listing.splits[split], config.image_size, space.data.color_mode,
-                         space.data.cache_dir)
-    data = make_dataset(arrays.images, arrays.labels, 64, training=False, seed=space.seed)
-    predicted = predicted_classes(model.predict(data, verbose=0))
-    test = evaluate(arrays.labels, predicted, listing.classes)
-    for target in (run_id, parent):
-        client.log_metric(target, f"{split}_accuracy", test["accuracy"])
-        client.log_dict(target, test["report"], f"{split}_classification_report.json")
-        _log_figure(client, target, confusion_figure(arrays.labels, predicted, listing.classes,
-                                                     f"{space.name}: {split} split"),
-                    f"{split}_confusion_matrix.png")
-    for name, cls in zip(class_metric_names(f"{split}_f1_", listing.classes), listing.classes):
-        client.log_metric(run_id, name, test["report"][cls]["f1-score"])
-    # a driver killed after registering, before tagging the parent, left this run's version
-    registered = client.search_model_versions(f"name='{space.name}' and run_id='{run_id}'")
-    version = max((int(v.version) for v in registered), default=None)
-    if version is None:
-        version = _log_model(client, run_id, model, space, listing, config, result,
-                             arrays.images[:2].astype("float32"))
-    client.set_tag(parent, "registered_model", f"models:/{space.name}/{version}")
-    client.set_tag(parent, "best_trial_id", trial_id)
-    return test["accuracy"], split, f"models:/{space.name}/{version}"
+        log_figure(client, parent, figure, name)

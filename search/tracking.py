@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 from mlflow.entities import Metric, Param, Run
@@ -213,3 +214,8 @@ def _last_line(path: str) -> str:
         return "unknown error"
     return lines[-1][:500] if lines else "unknown error"
 
+
+def log_figure(client: MlflowClient, run_id: str, figure: plt.Figure, name: str) -> None:
+    """Log a matplotlib figure on a run and free it."""
+    client.log_figure(run_id, figure, name, save_kwargs={"bbox_inches": "tight"})
+    plt.close(figure)  # pyplot keeps every figure alive until closed
