@@ -23,6 +23,11 @@ LOGGERS = ("ray", "optuna", "mlflow", "absl", "tensorflow", "py.warnings")
 _terminal: TextIO | None = None  # where `say` writes while `to_log` holds stdout
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An error in one line: the first of its message (its type's name if it has none)."""
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0][:limit]
+
+
 def say(text: str) -> None:
     """Print a line on the terminal, even while `to_log` holds stdout."""
     print(text, file=_terminal or sys.stdout, flush=True)

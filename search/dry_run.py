@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from search.console import first_line
 from search.space import Fixed, Space, SpaceError
 from trainables.data import DataError, list_images
 from trainables.models import build_model
@@ -40,7 +41,6 @@ def dry_run(space: Space) -> None:
             model = build_model(config.replace(backbone_weights="none"), len(classes),
                                 space.data.channels)
         except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
-            first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
             raise SpaceError(f"{space.source}: baselines.{name}: the model does not fit in "
-                             f"memory: {first}") from None
+                             f"memory: {first_line(exc, 200)}") from None
         print(f"{name:<24}{model.count_params():>14,}")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from search.cli import EXIT_BAD_INPUT, add_tracking_uri
+from search.console import first_line
 from search.evaluation import class_probabilities, predicted_classes
 from trainables.data import IMAGE_SUFFIXES
 from trainables.files import shown
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         refused = (exc.message if "cloudpickle" not in exc.message else
                    "it needs pickled Python objects (MLflow's cloudpickle), which run code")
     except (ValueError, TypeError) as exc:  # Keras' safe mode refuses a layer of no known class
-        refused = str(exc).strip().splitlines()[0][:300]
+        refused = first_line(exc)
     if refused is not None:
         print(f"error: cannot load {args.model}: {refused}", file=sys.stderr)
         return EXIT_BAD_INPUT

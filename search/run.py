@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from search.cli import EXIT_BAD_INPUT, add_tracking_uri
-from search.console import silenced
+from search.console import first_line, silenced
 from search.folder import ResumeError
 from search.server import TrackingError
 from search.space import SpaceError, load_space
@@ -67,12 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         space = load_space(args.space, overrides(args))
-        with silenced():  # TensorFlow's start-up lines as it is imported
-            from search.driver import Options, run_search
-            from search.dry_run import dry_run
         if args.dry_run:
+            with silenced():  # TensorFlow's start-up lines as it is imported
+                from search.dry_run import dry_run
             dry_run(space)
             return 0
+        with silenced():
+            from search.driver import Options, run_search
         from search.results import all_failed, commonest_failure
         from search.summary import print_summary
         if args.epoch_budget is not None and args.epoch_budget < 1:
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exc, MlflowException):
             raise
         # MLflow failed mid-search (its server went away, say): the search can be resumed
-        print(f"error: MLflow failed mid-search: {str(exc).splitlines()[0][:300]}\n"
+        print(f"error: MLflow failed mid-search: {first_line(exc)}\n"
               f"The trials' results and checkpoints are kept under {args.storage_path}/: run "
               f"the same command with --resume once MLflow answers again; it finishes the "
               f"search and writes what MLflow missed.", file=sys.stderr)

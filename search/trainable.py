@@ -27,7 +27,7 @@ import ray
 import tensorflow as tf
 from ray import tune
 
-from search.console import LOG_FILE, to_log
+from search.console import LOG_FILE, first_line, to_log
 from search.space import Space
 from trainables import checkpoint as saved
 from trainables.config import TrialConfig
@@ -109,10 +109,9 @@ def _run(params: dict[str, Any], space: Space, listing: Listing, search_folder: 
               epochs=trial_epochs(space, config), trained=trained, initial_epoch=initial_epoch,
               feature_cache=space.search.feature_cache)
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         error = TrialOutOfMemory(
             f"out of memory (batch_size {config.batch_size}, image_size {config.image_size}): "
-            f"{first[:300]}")
+            f"{first_line(exc)}")
         _record(fatal, str(error))
         raise error from exc
     except (TrialFailed, ValueError) as exc:  # a diverged loss; a model that cannot be built
