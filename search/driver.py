@@ -41,6 +41,7 @@ from search.searcher import (
     tpe_startup_trials,
 )
 from search.server import check_server
+from search.snapshots import SnapshotKeeper, mend
 from search.space import Choice, Fixed, Space, changes, describe
 from search.study_views import param_importances, study_figures
 from search.summary import Outcome
@@ -235,6 +236,9 @@ def _run_parts(space: Space, listing: Listing, options: Options,
     grids = []
     for part in folder.parts:
         path = str(folder.path / part)
+        mended = mend(folder.path / part)
+        if mended:
+            say(mended)
         if not tune.Tuner.can_restore(path):
             continue  # killed before Tune wrote its first state: no trial ran
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True)
@@ -293,9 +297,10 @@ def _new_part(space: Space, options: Options, folder: SearchFolder, trainable: A
             name=part, storage_path=str(folder.path),
             stop=EpochBudget(options.epoch_budget) if options.epoch_budget else None,
             # our progress line replaces Tune's status tables; the pruner keeps checkpoints
-            # down to what resuming and registering need (search/checkpoints.py)
+            # down to what resuming and registering need (search/checkpoints.py); the keeper
+            # keeps a whole copy of Tune's snapshot (search/snapshots.py)
             callbacks=[logger, ProgressCallback(num_samples, scheduler.stopped),
-                       CheckpointPruner()], verbose=0,
+                       CheckpointPruner(), SnapshotKeeper()], verbose=0,
             # a trial whose worker died is retried from its latest checkpoint
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
         ),

@@ -1,0 +1,112 @@
+"""Tune's experiment snapshot, kept one step back so that a cut-short copy is not the end.
+
+Tune saves its state (the trials, the searcher, the search generator) in the driver's staging
+folder, then copies those files over the ones in the experiment folder. A driver killed during
+the copy leaves part of a file, and `Tuner.restore` fails on it. `SnapshotKeeper`, a Tune
+callback in the driver, copies each new snapshot from the staging folder (complete whenever a
+callback runs: Tune writes it in the same thread) to a numbered folder of `KEPT`, marked done
+once whole; `mend` puts the newest done copy back where the current snapshot is cut short.
+"""
+
+from __future__ import annotations
+
+import json
+import pickletools
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from search.folder import ResumeError
+
+KEPT = "kept-snapshots"  # in the experiment folder
+DONE = "done"  # written last in a kept copy: the copy is whole
+# the files of one snapshot, each named by its driver session (a resume starts another)
+PICKLE = b"\x80"  # the PROTO opcode every pickle since protocol 2 starts with
+PATTERNS = ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json")
+
+
+class SnapshotKeeper(Callback):
+    """Keeps a whole copy of Tune's latest snapshot in the experiment folder."""
+
+    def __init__(self) -> None:
+        self._kept: float | None = None  # the staging snapshot's time when last kept
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._keep_new(trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._keep_new(trials)  # after Tune's last snapshot, written as the part ends
+
+    def _keep_new(self, trials: list) -> None:
+        """Keep the staging snapshot if Tune wrote it since the last time."""
+        if not trials:
+            return
+        storage = trials[0].storage
+        staging = Path(storage.experiment_driver_staging_path)
+        files = snapshot_files(staging)
+        state = [path for path in files if path.name.startswith("experiment_state-")]
+        if not state or state[0].stat().st_mtime == self._kept:
+            return
+        self._kept = state[0].stat().st_mtime
+        keep(files, Path(storage.experiment_fs_path) / KEPT)
+
+
+def snapshot_files(folder: Path) -> list[Path]:
+    """The snapshot files in `folder`, of the newest session only."""
+    states = sorted(folder.glob(PATTERNS[0]))
+    if not states:
+        return []
+    session = states[-1].name.removeprefix("experiment_state-").removesuffix(".json")
+    return [path for pattern in PATTERNS
+            for path in folder.glob(pattern.replace("*", session))]
+
+
+def keep(files: list[Path], kept: Path) -> None:
+    """Copy `files` to a new numbered folder of `kept`, mark it done, then drop older ones: a
+    kill at any point leaves at least one whole copy once the first is done."""
+    folders = sorted((int(f.name) for f in kept.glob("[0-9]*")), reverse=True)
+    target = kept / str((folders[0] + 1) if folders else 1)
+    target.mkdir(parents=True)
+    for path in files:
+        shutil.copyfile(path, target / path.name)
+    (target / DONE).touch()
+    for number in folders:
+        shutil.rmtree(kept / str(number))
+
+
+def mend(experiment: Path) -> str | None:
+    """Put the last kept snapshot back if the current one in `experiment` is cut short (its
+    broken files removed). Returns what was done, to tell the user; None if nothing was."""
+    current = snapshot_files(experiment)
+    broken = [path for path in current if not whole(path)]
+    if not broken:
+        return None
+    done = sorted((f for f in (experiment / KEPT).glob("[0-9]*") if (f / DONE).exists()),
+                  key=lambda f: int(f.name))
+    if not done:
+        raise ResumeError(f"Tune's saved state {broken[0]} is cut short (the driver was "
+                            f"killed while writing it) and no earlier copy was kept")
+    for path in current:
+        path.unlink()
+    for path in snapshot_files(done[-1]):
+        shutil.copyfile(path, experiment / path.name)
+    return (f"Tune's saved state of {experiment.name} was cut short (the driver was killed "
+            f"while writing it): resuming from the copy kept before it")
+
+
+def whole(path: Path) -> bool:
+    """Whether a snapshot file is complete: JSON that parses, a pickle whose opcodes run to
+    their STOP (read, not run: no object is built). Tune's `search_gen_state-*.json` is a
+    pickle, so the content decides, not the name."""
+    data = path.read_bytes()
+    try:
+        if not data.startswith(PICKLE):
+            json.loads(data)
+        else:
+            for _ in pickletools.genops(data):
+                pass
+    except ValueError:  # json's errors are ValueErrors; genops raises one at the cut
+        return False
+    return True
