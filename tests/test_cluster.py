@@ -3,9 +3,11 @@ real multi-node Ray cluster logging to a real MLflow tracking server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -17,9 +19,13 @@ import pytest
 import yaml
 from conftest import free_port, running_mlflow_server, wait_for_server, write_space
 from mlflow.tracking import MlflowClient
+from ray.autoscaler._private.aws.config import _configure_security_group
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-CLUSTER = Path(__file__).resolve().parents[1] / "cluster.yaml"
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "cluster.yaml"
+SHARE = "/mnt/shared"  # where cluster.yaml mounts the EFS file system
+NOBODY = 65534  # an unprivileged user (and group) every Debian and Ubuntu has
 
 
 def load() -> dict:
@@ -46,6 +52,20 @@ def test_cluster_is_closed_by_default():
     # the token reaches the nodes from the user's machine, never from the repository
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
     assert "mlflow/start-server.sh" in start  # binds to 127.0.0.1 unless MLFLOW_HOST is set
+
+
+def test_ssh_is_open_to_the_users_group_alone_and_workers_get_a_narrow_profile():
+    config = load()
+    nodes = config["available_node_types"]
+    # with SecurityGroupIds on every node type, the launcher makes no group of its own (its
+    # own has SSH open to 0.0.0.0/0): Ray's step returns the config untouched, with no call
+    # to AWS
+    assert all(n["node_config"]["SecurityGroupIds"] == ["SECURITY_GROUP_ID"]
+               for n in nodes.values())
+    before = prepare_config(load())
+    assert _configure_security_group(prepare_config(load())) == before
+    assert nodes["gpu_worker"]["node_config"]["IamInstanceProfile"] == \
+        {"Name": "keras-search-worker"}
 
 
 def test_workers_are_gpu_nodes_and_install_the_project():
@@ -151,3 +171,78 @@ def _listening_addresses(port: int) -> set[str]:
         if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
             found.add(".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)))
     return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a root-owned share, a second user")
+def test_node_setup_gives_the_ray_user_the_share_and_mlflow_runs_as_it(tmp_path: Path):
+    """cluster.yaml's commands on a share as a new EFS file system is (root's, mode 755): the
+    `sudo` steps as root, the rest as an unprivileged user (nobody, allowed to read anything
+    here, to run this Python, but to write only what it owns), as the head runs them. The
+    MLflow server answers, stores its artifacts on the share and its database off it, backs
+    the database up to the share, and the Ray storage path on the share is writable."""
+    config = load()
+    share, home = tmp_path / "shared", tmp_path / "home"
+    share.mkdir(mode=0o755)
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    port = free_port()
+    env = {**os.environ, "HOME": str(home), "USER": "nobody", "MLFLOW_PORT": str(port),
+           "MLFLOW_BACKUP_S": "1"}
+
+    def local(command: str) -> str:
+        return command.replace(SHARE, str(share)).replace("~/keras-search", str(REPO))
+
+    # reading past /root (this Python lives there) is the one right it keeps, access(2)
+    # included (no_setuid_fixup); it writes as nobody
+    as_user = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+               "--securebits=+no_setuid_fixup", "--inh-caps=+dac_read_search",
+               "--ambient-caps=+dac_read_search"]
+    for command in config["setup_commands"]:
+        if SHARE in command and "mount -t" not in command:  # no NFS server here
+            subprocess.run(["bash", "-c", f'sudo() {{ "$@"; }}; {local(command)}'], env=env,
+                           check=True)
+    start = next(c for c in config["head_start_ray_commands"] if "start-server.sh" in c)
+    assert SHARE not in start.split("MLFLOW_STORE=")[1].split()[0]  # SQLite off NFS
+    # in the foreground of its own process group, to stop it
+    foreground = local(start).replace("nohup ", "").removesuffix("&").strip()
+    log = home / "mlflow.log"
+    url = f"http://127.0.0.1:{port}"
+    database = home / "mlflow" / "mlflow.db"
+    backup = share / "keras-search" / "mlflow-backup" / "mlflow.db"
+    with _started(as_user, foreground, env, url, log):
+        client = MlflowClient(url)
+        run = client.create_run(client.create_experiment("probe"))
+        client.log_text(run.info.run_id, "kept", "note.txt")
+        [note] = (share / "keras-search" / "mlflow-artifacts").rglob("note.txt")
+        assert note.stat().st_uid == NOBODY and database.stat().st_uid == NOBODY
+        deadline = time.monotonic() + 60
+        while not _has_experiment(backup, "probe") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _has_experiment(backup, "probe"), log.read_text()[-3000:]
+    database.unlink()  # a new head: its server begins from the share's copy
+    with _started(as_user, foreground, env, url, log):
+        assert MlflowClient(url).get_experiment_by_name("probe") is not None
+    storage = share / "keras-search" / "ray_results"
+    subprocess.run([*as_user, "bash", "-c", f"mkdir -p {storage}/trial && touch {storage}/trial/x"],
+                   env=env, check=True)
+
+
+@contextlib.contextmanager
+def _started(as_user: list[str], command: str, env: dict, url: str, log: Path):
+    """The server `command` starts, run as the user, until the block ends."""
+    server = subprocess.Popen([*as_user, "bash", "-c", command], env=env,
+                              start_new_session=True)
+    try:
+        wait_for_server(url, server, log)
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+
+
+def _has_experiment(database: Path, name: str) -> bool:
+    if not database.exists():
+        return False
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        return bool(db.execute("select 1 from experiments where name = ?", (name,)).fetchall())
