@@ -7,7 +7,8 @@ experiment state names, which may be older than the latest Tune holds in memory.
 `CheckpointPruner` reads that saved state, as Tune's restore reads it, whenever it changes,
 and deletes each trial's checkpoints but its best and latest, in memory and as saved, as
 soon as either changes. A finished trial (as saved too) is never resumed: it keeps its best
-alone, without the optimizer's state. Tune's own `CheckpointConfig(num_to_keep=…)` deletes an older checkpoint
+alone, without the optimizer's state. Tune's own `CheckpointConfig(num_to_keep=…)` deletes
+an older checkpoint
 as soon as a newer one is registered, before any saved state names the newer one: a driver
 killed then leaves a trial that cannot resume.
 """
@@ -27,7 +28,7 @@ from ray.tune.experiment import Trial
 from ray.tune.trainable.metadata import _TrainingRunMetadata
 from ray.tune.utils.serialization import _loads_with_cloudpickle
 
-from search.objective import METRIC, MODE
+from search.objective import METRIC
 from trainables.checkpoint import OPTIMIZER_FILE
 
 CHECKPOINT_PREFIX = "checkpoint_"  # how Tune names a trial's checkpoint folders
@@ -42,8 +43,7 @@ def best_checkpoint(checkpoints: list[tuple[tune.Checkpoint, dict[str, Any]]]
     equals; None if none has it."""
     scored = [(checkpoint, metrics[METRIC]) for checkpoint, metrics in checkpoints
               if METRIC in metrics]
-    pick = max if MODE == "max" else min
-    return pick(scored, key=lambda pair: pair[1])[0] if scored else None
+    return max(scored, key=lambda pair: pair[1])[0] if scored else None
 
 
 @dataclass(frozen=True)

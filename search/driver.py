@@ -45,8 +45,16 @@ from search.snapshots import SnapshotKeeper, mend
 from search.space import Choice, Fixed, Space, changes, describe
 from search.study_views import param_importances, study_figures
 from search.summary import Outcome
-from search.tracking import TrialRunLogger, log_figure, mend_trial_runs, start_parent_run
+from search.tracking import (
+    RESULTS_PATH,
+    SEARCH_FOLDER,
+    STOPPED,
+    log_figure,
+    mend_trial_runs,
+    start_parent_run,
+)
 from search.trainable import run_trial
+from search.trial_logger import TrialRunLogger
 from trainables.data import DataError, Listing, list_images
 from trainables.digits import write_digits
 from trainables.files import shown
@@ -80,7 +88,8 @@ def prepare_data(space: Space) -> Listing:
             skipped.update(arrays.skipped)
             for i, cls in enumerate(listing.classes):
                 if not np.any(arrays.labels == i):
-                    files = [f for f, label in zip(split.files, split.labels) if label == i]
+                    files = [f for f, label in zip(split.files, split.labels, strict=True)
+                             if label == i]
                     raise DataError(f"class {cls!r} has no readable image in the {name} split: "
                                     f"none of its {len(files)} files could be decoded, such as "
                                     f"{shown(files[0])}")
@@ -136,7 +145,7 @@ def run_search(space: Space, options: Options) -> Outcome:
         with contextlib.suppress(MlflowException):  # the server may be what failed
             if isinstance(exc, KeyboardInterrupt):  # SearchStopped included
                 # its running trials' runs are KILLED by TrialRunLogger as the part ends
-                client.set_tag(parent, "stopped", "run the search again with --resume")
+                client.set_tag(parent, STOPPED, "run the search again with --resume")
                 client.set_terminated(parent, "KILLED")
             else:
                 client.set_terminated(parent, "FAILED")
@@ -153,8 +162,9 @@ def _search(space: Space, listing: Listing, options: Options, folder: SearchFold
     _ray_init(options.address)
     done = _run_parts(space, listing, options, folder)
     study = folder.load_study()
+    pruned = pruned_trial_ids(study)
     pairs = [(record, result) for grid in done
-             for record, result in zip(records_from_grid(grid, pruned_trial_ids(study)), grid)]
+             for record, result in zip(records_from_grid(grid, pruned), grid, strict=True)]
     records = [record for record, _ in pairs]
     fail_orphans(study, {record.trial_id for record in records})
     mended = mend_trial_runs(client, parent, records)
@@ -162,13 +172,13 @@ def _search(space: Space, listing: Listing, options: Options, folder: SearchFold
         say(f"wrote what MLflow had missed of {mended} trial(s), from Ray's results")
     table = results_table(records)
     table.to_parquet(folder.results_path, index=False)
-    client.set_tag(parent, "results_path", str(folder.results_path))
+    client.set_tag(parent, RESULTS_PATH, str(folder.results_path))
     _log_overview(client, parent, table, records, folder.results_path)
     _log_study(client, parent, study)
     results = {record.trial_id: result for record, result in pairs}
     # a trial cut short by the epoch budget may have no checkpoint to evaluate
-    best = best_trial(table[[kept_checkpoint(results[t]) is not None
-                             for t in table["trial_id"]]] if len(table) else table)
+    best = best_trial(table, among={t for t, result in results.items()
+                                    if kept_checkpoint(result) is not None})
     accuracy, evaluated_on, model_uri = None, "", None
     if best is not None:
         accuracy, evaluated_on, model_uri = evaluate_and_register(
@@ -198,7 +208,7 @@ def _new_folder(client: MlflowClient, storage: Path, space: Space, listing: List
     client.log_artifact(parent, str(space.source))
     folder.parent_run_id, folder.tracking_uri = parent, tracking_uri
     folder.save()
-    client.set_tag(parent, "search_folder", str(folder.path))
+    client.set_tag(parent, SEARCH_FOLDER, str(folder.path))
     return folder
 
 
@@ -272,8 +282,7 @@ def _new_part(space: Space, options: Options, folder: SearchFolder, trainable: A
     s = space.search
     part = folder.add_part()
     seed = space.seed + len(folder.parts) - 1  # an extension must not redraw the same points
-    scheduler = RecordingASHA(max_t=s.asha.max_epochs, grace_period=s.asha.grace_period,
-                              reduction_factor=s.asha.reduction_factor)
+    scheduler = RecordingASHA(s.asha)
     startup = s.startup_trials or tpe_startup_trials(s.num_samples)
     sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
                if s.sampler == "tpe"

@@ -71,7 +71,8 @@ def load_safely(uri: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m search.predict", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m search.predict",
+                                description=__doc__.splitlines()[0])
     p.add_argument("model", help="models:/NAME/VERSION, models:/NAME/latest or runs:/ID/model")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     add_tracking_uri(p)
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if files:
         outputs = model.predict(np.stack(pixels).astype(np.float32), verbose=0)
         probabilities = class_probabilities(outputs)
-        for path, index, row in zip(files, predicted_classes(outputs), probabilities):
+        for path, index, row in zip(files, predicted_classes(outputs), probabilities, strict=True):
             print(f"{shown(str(path))}\t{classes[index]}\t{float(row[index]):.3f}")
     return 1 if failures else 0
 

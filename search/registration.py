@@ -16,7 +16,13 @@ from mlflow.tracking import MlflowClient
 from search.checkpoints import kept_checkpoint
 from search.evaluation import confusion_figure, evaluate, predicted_classes
 from search.space import Space
-from search.tracking import class_metric_names, log_figure, trial_run
+from search.tracking import (
+    BEST_TRIAL_ID,
+    REGISTERED_MODEL,
+    class_metric_names,
+    log_figure,
+    trial_run,
+)
 from search.trainable import whole_model
 from trainables.config import TrialConfig
 from trainables.data import Listing
@@ -33,8 +39,8 @@ def evaluate_and_register(space: Space, listing: Listing, result: Any, trial_id:
     client = MlflowClient()
     split = "test" if "test" in listing.splits else "validation"
     earlier = client.get_run(parent).data
-    if earlier.tags.get("best_trial_id") == trial_id and "registered_model" in earlier.tags:
-        return earlier.metrics[f"{split}_accuracy"], split, earlier.tags["registered_model"]
+    if earlier.tags.get(BEST_TRIAL_ID) == trial_id and REGISTERED_MODEL in earlier.tags:
+        return earlier.metrics[f"{split}_accuracy"], split, earlier.tags[REGISTERED_MODEL]
     run_id = trial_run(client, parent, trial_id)
     config = TrialConfig.from_params(result.config)
     with kept_checkpoint(result).as_directory() as folder:
@@ -50,7 +56,8 @@ def evaluate_and_register(space: Space, listing: Listing, result: Any, trial_id:
         log_figure(client, target, confusion_figure(arrays.labels, predicted, listing.classes,
                                                     f"{space.name}: {split} split"),
                     f"{split}_confusion_matrix.png")
-    for name, cls in zip(class_metric_names(f"{split}_f1_", listing.classes), listing.classes):
+    names = class_metric_names(f"{split}_f1_", listing.classes)
+    for name, cls in zip(names, listing.classes, strict=True):
         client.log_metric(run_id, name, test["report"][cls]["f1-score"])
     # a driver killed after registering, before tagging the parent, left this run's version
     registered = client.search_model_versions(f"name='{space.name}' and run_id='{run_id}'")
@@ -58,8 +65,8 @@ def evaluate_and_register(space: Space, listing: Listing, result: Any, trial_id:
     if version is None:
         version = _log_model(client, run_id, model, space, listing, config, result,
                              arrays.images[:2].astype("float32"))
-    client.set_tag(parent, "registered_model", f"models:/{space.name}/{version}")
-    client.set_tag(parent, "best_trial_id", trial_id)
+    client.set_tag(parent, REGISTERED_MODEL, f"models:/{space.name}/{version}")
+    client.set_tag(parent, BEST_TRIAL_ID, trial_id)
     return test["accuracy"], split, f"models:/{space.name}/{version}"
 
 

@@ -21,6 +21,7 @@ from search.cli import EXIT_BAD_INPUT, add_tracking_uri
 from search.results import best_trial
 from search.space import SpaceError, load_space
 from search.summary import Outcome, print_summary
+from search.tracking import REGISTERED_MODEL, RESULTS_PATH
 
 SHOWN = ["trial_id", "baseline", "status", "epochs_run", "best_val_accuracy", "val_loss",
          "wall_s"]
@@ -67,10 +68,10 @@ def load_outcome(client: MlflowClient, parent: mlflow.entities.Run) -> Outcome:
     split = next((s for s in ("test", "validation") if f"{s}_accuracy" in metrics), "")
     return Outcome(
         name=client.get_experiment(parent.info.experiment_id).name, table=table,
-        results_path=tags.get("results_path", f"{parent.info.artifact_uri}/results.parquet"),
+        results_path=tags.get(RESULTS_PATH, f"{parent.info.artifact_uri}/results.parquet"),
         parent_run_id=run_id, best=best_trial(table),
         held_out_accuracy=metrics.get(f"{split}_accuracy"), evaluated_on=split,
-        model_uri=tags.get("registered_model"))
+        model_uri=tags.get(REGISTERED_MODEL))
 
 
 def trials_text(table: pd.DataFrame) -> str:

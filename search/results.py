@@ -6,7 +6,9 @@ of the best trial can be tested from hand-made records.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -42,7 +44,8 @@ def records_from_grid(grid: Any, stopped: set[str]) -> list[TrialRecord]:
         metrics = result.metrics or {}
         history = result.metrics_dataframe if result.metrics_dataframe is not None \
             else pd.DataFrame()
-        trial_id = metrics.get("trial_id") or result.path.rsplit("_", 2)[-2]
+        # a trial that failed before its first report has no metrics; its folder is its id
+        trial_id = metrics.get("trial_id") or Path(result.path).name
         records.append(TrialRecord(
             trial_id=trial_id, config=dict(result.config or {}), history=history,
             wall_s=float(metrics.get("time_total_s", 0.0)),
@@ -82,10 +85,15 @@ def results_table(records: list[TrialRecord]) -> pd.DataFrame:
                              kind="stable").reset_index(drop=True)
 
 
-def best_trial(table: pd.DataFrame) -> pd.Series | None:
+def best_trial(table: pd.DataFrame, among: Collection[str] | None = None) -> pd.Series | None:
     """The trial with the highest validation accuracy at any epoch (its best checkpoint is the
-    model kept), or None if no trial reported one."""
-    ok = table[table["best_val_accuracy"].notna()] if not table.empty else table
+    model kept), of those whose id is `among` if given (those with a checkpoint); None if no
+    such trial reported one."""
+    if table.empty:
+        return None
+    ok = table[table["best_val_accuracy"].notna()]
+    if among is not None:
+        ok = ok[ok["trial_id"].isin(among)]
     return None if ok.empty else ok.loc[ok["best_val_accuracy"].idxmax()]
 
 

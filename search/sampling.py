@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 
 from search.space import Choice, Fixed, FloatRange, IntRange, Param, Space, searched_params
-from trainables.config import BASELINE_KEY, KEYS
+from trainables.config import BASELINE_KEY, KEYS, block_key
 
 
 def suggest(trial: optuna.Trial, name: str, param: Param) -> Any:
@@ -40,7 +40,7 @@ def draw(trial: optuna.Trial, space: Space) -> dict[str, Any]:
             drawn[name] = suggest(trial, name, param)
         else:
             for i in range(drawn[key.per]):
-                drawn[f"{name}_{i}"] = suggest(trial, f"{name}_{i}", param)
+                drawn[block_key(name, i)] = suggest(trial, block_key(name, i), param)
     return drawn
 
 

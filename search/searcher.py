@@ -19,6 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
 from search.objective import METRIC, MODE
+from search.space import Asha
 
 RAY_TRIAL_ID = "ray_trial_id"  # the Optuna trial's user attribute naming its Ray trial
 
@@ -27,13 +28,16 @@ class RecordingASHA(ASHAScheduler):
     """ASHA that remembers which trials it stopped before their planned epochs (`stopped`,
     trial ids). ASHA also says STOP to a trial that reaches `max_t`; that one finished."""
 
-    def __init__(self, **kwargs: Any):
-        super().__init__(metric=METRIC, mode=MODE, **kwargs)
+    def __init__(self, asha: Asha):
+        super().__init__(metric=METRIC, mode=MODE, max_t=asha.max_epochs,
+                         grace_period=asha.grace_period,
+                         reduction_factor=asha.reduction_factor)
+        self.asha = asha
         self.stopped: set[str] = set()
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
-        planned = min(trial.config.get("epochs", self._max_t), self._max_t)
+        planned = self.asha.epochs_for(trial.config.get("epochs", self.asha.max_epochs))
         if decision == TrialScheduler.STOP and result[self._time_attr] < planned:
             self.stopped.add(trial.trial_id)
         return decision

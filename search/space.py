@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from trainables.config import KEYS, MAX_EPOCHS, SECTIONS, Key, TrialConfig
+from trainables.config import KEYS, MAX_EPOCHS, SECTIONS, Key, TrialConfig, block_key_name
 from trainables.data import DataSpec, SplitSource
 from trainables.files import location
 
@@ -86,6 +86,10 @@ class Asha:
     grace_period: int = 1
     reduction_factor: float = 3.0
 
+    def epochs_for(self, epochs: int) -> int:
+        """Epochs a trial runs: its own setting, capped by `max_epochs`."""
+        return min(epochs, self.max_epochs)
+
 
 @dataclass(frozen=True)
 class SearchSettings:
@@ -146,15 +150,10 @@ def searched_params(space: Space, config: TrialConfig) -> dict[str, Any]:
     """The params of `config` that the space searches (fixed ones are not Optuna params)."""
     searched = {}
     for pname, value in config.to_params().items():
-        name = pname if pname in KEYS else _base_name(pname)
+        name = pname if pname in KEYS else block_key_name(pname)
         if name in space.params and not isinstance(space.params[name], Fixed):
             searched[pname] = value
     return searched
-
-
-def _base_name(param_name: str) -> str:
-    """`conv_filters_2` -> `conv_filters`: the config key a per-block param belongs to."""
-    return param_name.rsplit("_", 1)[0]
 
 
 class _Reader:
@@ -248,32 +247,35 @@ class _Reader:
             return Choice(tuple(self.check_value(key, c, f"{path}.choices[{i}]")
                                 for i, c in enumerate(choices)))
         if kind in ("int", "uniform", "loguniform"):
-            allowed = {"type", "low", "high"} | ({"step", "log"} if kind == "int" else set())
-            self.mapping(raw, path, allowed)
-            if key.kind not in (int, float) or kind == "int" and key.kind is not int:
-                raise self.fail(f"{path}.type", f"a {kind} range needs a numeric "
-                                f"{'integer ' if kind == 'int' else ''}key, this key is "
-                                f"{key.kind.__name__}")
-            num = int if kind == "int" else float
-            for bound in ("low", "high"):
-                if bound not in raw:
-                    raise self.fail(f"{path}.{bound}", "missing")
-            low = self.check_value(key, self.typed(raw["low"], num, f"{path}.low"), f"{path}.low")
-            high = self.check_value(key, self.typed(raw["high"], num, f"{path}.high"),
-                                    f"{path}.high")
-            if low > high:
-                raise self.fail(path, f"`low <= high` must hold, got (low={low}, high={high})")
-            log = kind == "loguniform" or bool(raw.get("log", False))
-            if log and low <= 0:
-                raise self.fail(f"{path}.low", f"a log range needs low > 0, got {low}")
-            if kind == "int":
-                step = self.typed(raw.get("step", 1), int, f"{path}.step")
-                if step < 1:
-                    raise self.fail(f"{path}.step", f"must be >= 1, got {step}")
-                return IntRange(low, high, step, log)
-            return FloatRange(low, high, log)
+            return self.range(key, raw, path, kind)
         raise self.fail(f"{path}.type", "expected one of choice, int, uniform, loguniform, "
                         f"got {kind!r}")
+
+    def range(self, key: Key, raw: dict, path: str, kind: str) -> Param:
+        allowed = {"type", "low", "high"} | ({"step", "log"} if kind == "int" else set())
+        self.mapping(raw, path, allowed)
+        if key.kind not in (int, float) or kind == "int" and key.kind is not int:
+            raise self.fail(f"{path}.type", f"a {kind} range needs a numeric "
+                            f"{'integer ' if kind == 'int' else ''}key, this key is "
+                            f"{key.kind.__name__}")
+        num = int if kind == "int" else float
+        for bound in ("low", "high"):
+            if bound not in raw:
+                raise self.fail(f"{path}.{bound}", "missing")
+        low = self.check_value(key, self.typed(raw["low"], num, f"{path}.low"), f"{path}.low")
+        high = self.check_value(key, self.typed(raw["high"], num, f"{path}.high"),
+                                f"{path}.high")
+        if low > high:
+            raise self.fail(path, f"`low <= high` must hold, got (low={low}, high={high})")
+        log = kind == "loguniform" or bool(raw.get("log", False))
+        if log and low <= 0:
+            raise self.fail(f"{path}.low", f"a log range needs low > 0, got {low}")
+        if kind == "int":
+            step = self.typed(raw.get("step", 1), int, f"{path}.step")
+            if step < 1:
+                raise self.fail(f"{path}.step", f"must be >= 1, got {step}")
+            return IntRange(low, high, step, log)
+        return FloatRange(low, high, log)
 
 
 def load_space(path: str | os.PathLike[str],
@@ -396,7 +398,8 @@ def _split(reader: _Reader, raw: Any, path: str, fraction: bool,
         try:
             groups = re.compile(pattern).groups
         except (re.error, TypeError) as exc:
-            raise reader.fail(f"{path}.pattern", f"not a valid regular expression: {exc}") from None
+            raise reader.fail(f"{path}.pattern",
+                              f"not a valid regular expression: {exc}") from None
         if groups != 1:
             raise reader.fail(f"{path}.pattern", "needs exactly one (group) that captures the "
                               f"class name, got {groups} in {pattern!r}")
@@ -467,7 +470,7 @@ def _baseline(reader: _Reader, params: Mapping[str, Param], raw: Any,
     for pname, value in config.to_params().items():
         if pname == "seed":
             continue
-        name = pname if pname in KEYS else _base_name(pname)
+        name = pname if pname in KEYS else block_key_name(pname)
         key = KEYS[name]
         if key.per and len(getattr(config, name)) != getattr(config, key.per):
             raise reader.fail(f"{path}.{name}", f"needs {getattr(config, key.per)} values "

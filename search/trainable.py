@@ -45,11 +45,6 @@ class TrialOutOfMemory(RuntimeError):
 FATAL_ERRORS = "fatal_errors"  # in the search's folder: why a trial failed, by trial id
 
 
-def trial_epochs(space: Space, config: TrialConfig) -> int:
-    """Epochs a trial runs: its own setting, capped by the search's ASHA `max_epochs`."""
-    return min(config.epochs, space.search.asha.max_epochs)
-
-
 def load_trial_data(space: Space, listing: Listing, config: TrialConfig) -> TrialData:
     """Train and validation arrays at the trial's image size, from the node's shared cache."""
     def split(name: str) -> Any:
@@ -106,7 +101,8 @@ def _run(params: dict[str, Any], space: Space, listing: Listing, search_folder: 
 
     try:
         train(config, load_trial_data(space, listing, config), report,
-              epochs=trial_epochs(space, config), trained=trained, initial_epoch=initial_epoch,
+              epochs=space.search.asha.epochs_for(config.epochs), trained=trained,
+              initial_epoch=initial_epoch,
               feature_cache=space.search.feature_cache)
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         error = TrialOutOfMemory(

@@ -201,7 +201,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_server(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+def wait_for_server(url: str, process: subprocess.Popen, log: Path,
+                    timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:

@@ -109,7 +109,8 @@ def _wait_for_nodes(address: str, env: dict, count: int, timeout_s: float = 120)
              f"print(sum(n['Alive'] for n in ray.nodes()))")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        done = subprocess.run([sys.executable, "-c", probe], env=env, check=False, capture_output=True,
+        done = subprocess.run([sys.executable, "-c", probe], env=env, check=False,
+                              capture_output=True,
                               text=True)
         if done.returncode == 0 and done.stdout.strip() == str(count):
             return
@@ -223,7 +224,8 @@ def test_node_setup_gives_the_ray_user_the_share_and_mlflow_runs_as_it(tmp_path:
     with _started(as_user, foreground, env, url, log):
         assert MlflowClient(url).get_experiment_by_name("probe") is not None
     storage = share / "keras-search" / "ray_results"
-    subprocess.run([*as_user, "bash", "-c", f"mkdir -p {storage}/trial && touch {storage}/trial/x"],
+    subprocess.run([*as_user, "bash", "-c",
+                    f"mkdir -p {storage}/trial && touch {storage}/trial/x"],
                    env=env, check=True)
 
 

@@ -26,6 +26,17 @@ MAX_EPOCHS, MAX_STEPS = 10_000, 1_000_000
 BASELINE_KEY = "baseline"
 
 
+def block_key(name: str, block: int) -> str:
+    """The flat param of one block's value of a per-block key: `conv_filters`, 2 ->
+    `conv_filters_2`."""
+    return f"{name}_{block}"
+
+
+def block_key_name(param: str) -> str:
+    """The per-block key a flat param belongs to: `conv_filters_2` -> `conv_filters`."""
+    return param.rsplit("_", 1)[0]
+
+
 @dataclass(frozen=True)
 class Key:
     """What the space may say about one config key."""
@@ -118,7 +129,8 @@ class TrialConfig:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> TrialConfig:
-        """Build a config from flat trial params (`conv_filters_0`, ...); absent keys keep defaults.
+        """Build a config from flat trial params (`conv_filters_0`, ...); absent keys keep
+        defaults.
 
         Keys that are not config keys (such as `baseline`) are ignored.
         """
@@ -126,8 +138,8 @@ class TrialConfig:
         for name, key in KEYS.items():
             if key.per is not None:
                 count = params.get(key.per)
-                if count is not None and all(f"{name}_{i}" in params for i in range(count)):
-                    values[name] = tuple(params[f"{name}_{i}"] for i in range(count))
+                if count is not None and all(block_key(name, i) in params for i in range(count)):
+                    values[name] = tuple(params[block_key(name, i)] for i in range(count))
             elif name in params:
                 values[name] = params[name]
         if "seed" in params:
@@ -142,7 +154,8 @@ class TrialConfig:
                 continue
             value = getattr(self, name)
             if key.per is not None:
-                params.update({f"{name}_{i}": v for i, v in enumerate(value[: params[key.per]])})
+                params.update({block_key(name, i): v
+                               for i, v in enumerate(value[: params[key.per]])})
             else:
                 params[name] = value
         params["seed"] = self.seed

@@ -21,7 +21,7 @@ def write_digits(root: Path) -> int:
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
     try:
-        for n, (image, label) in enumerate(zip(digits.images, digits.target)):
+        for n, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
             folder = tmp / str(label)
             folder.mkdir(exist_ok=True)
             pixels = (image * (255 / 16)).round().astype(np.uint8)

@@ -93,7 +93,7 @@ def _build(split: Split, size: int, color_mode: str, images_path: Path, meta_pat
         images[row] = decoded[i]
     meta = {
         "labels": split.labels[kept].tolist(),
-        "skipped": [f for f, a in zip(split.files, decoded) if a is None],
+        "skipped": [f for f, a in zip(split.files, decoded, strict=True) if a is None],
     }
     write_atomic(images_path, lambda f: np.save(f, images))
     write_atomic(meta_path, lambda f: f.write(json.dumps(meta).encode()))

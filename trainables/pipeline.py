@@ -27,7 +27,8 @@ def augmentation(config: TrialConfig) -> RandomAffine | None:
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *,
                  training: bool, seed: int, steps: int | None = None,
-                 augment: keras.layers.Layer | None = None, binary: bool = False) -> tf.data.Dataset:
+                 augment: keras.layers.Layer | None = None,
+                 binary: bool = False) -> tf.data.Dataset:
     """Batches of (float32 images: pixels in 0..255, or a frozen part's features; labels) for
     `model.fit` / `evaluate`.
 

@@ -17,6 +17,7 @@ from search.searcher import (
     fail_orphans,
     tpe_startup_trials,
 )
+from search.space import Asha
 
 EPOCHS = 6
 # Ray workers cannot import a test module: ship its functions by value.
@@ -36,7 +37,7 @@ def curve_space(trial: optuna.Trial) -> dict:
 
 
 def test_trials_stopped_by_asha_are_pruned_in_the_study(ray_local, tmp_path: Path) -> None:
-    scheduler = RecordingASHA(max_t=EPOCHS, grace_period=1, reduction_factor=2)
+    scheduler = RecordingASHA(Asha(max_epochs=EPOCHS, grace_period=1, reduction_factor=2))
     searcher = PruningOptunaSearch(scheduler, space=curve_space,
                                    sampler=optuna.samplers.TPESampler(seed=0))
     tuner = tune.Tuner(
@@ -74,7 +75,7 @@ def test_study_trials_no_ray_trial_ran_are_failed_not_left_running() -> None:
 def test_a_trial_the_study_has_already_ended_is_left_as_it_is() -> None:
     """The driver was killed after telling Optuna a trial's end, before Tune's snapshot
     recorded it: resumed, the trial trains its last epochs again and reports them."""
-    scheduler = RecordingASHA(max_t=EPOCHS, grace_period=1, reduction_factor=2)
+    scheduler = RecordingASHA(Asha(max_epochs=EPOCHS, grace_period=1, reduction_factor=2))
     searcher = PruningOptunaSearch(scheduler, space=curve_space)
     searcher.suggest("a")
     searcher.study.tell(searcher._ot_trials["a"], 0.9)  # what the killed driver told it

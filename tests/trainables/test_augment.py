@@ -25,9 +25,9 @@ def test_no_option_or_inference_leaves_images_alone() -> None:
 def test_flip_mirrors_some_images_and_keeps_the_rest() -> None:
     x = _images()
     out = np.asarray(RandomAffine(horizontal_flip=True, seed=3)(x))
-    mirrored = [np.allclose(o, i[:, ::-1], atol=1e-3) for o, i in zip(out, x)]
-    kept = [np.allclose(o, i, atol=1e-3) for o, i in zip(out, x)]
-    assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored) and any(kept)
+    mirrored = [np.allclose(o, i[:, ::-1], atol=1e-3) for o, i in zip(out, x, strict=True)]
+    kept = [np.allclose(o, i, atol=1e-3) for o, i in zip(out, x, strict=True)]
+    assert all(m or k for m, k in zip(mirrored, kept, strict=True)) and any(mirrored) and any(kept)
 
 
 def test_geometry_moves_pixels_keeps_shape_and_follows_the_seed() -> None:

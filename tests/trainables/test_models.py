@@ -136,7 +136,7 @@ def test_the_frozen_part_computed_once_trains_the_same_model(
         runs[feature_cache] = reports
     on_features, on_pixels = runs[True], runs[False]
     assert [r["trained_on"] for r in on_features + on_pixels] == ["features"] * 2 + ["pixels"] * 2
-    for a, b in zip(on_features, on_pixels):
+    for a, b in zip(on_features, on_pixels, strict=True):
         assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-6)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
     assert parts.frozen.get_layer("backbone_frozen").layers[-1].name == cut_below
@@ -174,7 +174,7 @@ def test_a_checkpoint_resumes_with_its_optimizer_and_registers_without_it(
     for got, want in [(trained.weights, parts.trained.weights),
                       (trained.optimizer.variables, parts.trained.optimizer.variables)]:
         assert len(got) == len(want)
-        for a, b in zip(got, want):
+        for a, b in zip(got, want, strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # Adam keeps two numbers per weight: the model file holds the weights alone
     model_bytes = (tmp_path / checkpoint.MODEL_FILE).stat().st_size
