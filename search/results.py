@@ -15,7 +15,7 @@ import pandas as pd
 
 from search.objective import METRIC
 from trainables.config import BASELINE_KEY
-from trainables.train import TRAINED_ON
+from trainables.metrics import TRAINED_ON
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from search.console import LOG_FILE
-from trainables.train import ON_FEATURES, TRAINED_ON
+from trainables.metrics import ON_FEATURES, TRAINED_ON
 
 
 @dataclass(frozen=True)

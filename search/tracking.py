@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from search.objective import METRIC
 from search.results import TrialRecord
-from trainables.train import METRICS, TRAINED_ON
+from trainables.metrics import METRICS, TRAINED_ON
 
 TRIAL_ID = "trial_id"  # the tag that ties a child run to its Ray trial
 # the parent run's tags: written by the driver and registration, read back by search.report

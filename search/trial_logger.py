@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from search.tracking import TRIAL_ID, epoch_metrics, trial_run
-from trainables.train import TRAINED_ON
+from trainables.metrics import TRAINED_ON
 
 
 class TrialRunLogger(MLflowLoggerCallback):

@@ -20,13 +20,11 @@ import tensorflow as tf
 from trainables.config import TrialConfig
 from trainables.features import features, frozen_key
 from trainables.images import Arrays
+from trainables.metrics import METRICS, ON_FEATURES, ON_PIXELS, TRAINED_ON
 from trainables.models import Parts, build_parts, compile_model, frozen_part, join
 from trainables.pipeline import augmentation, make_dataset
 
-METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 Report = Callable[[dict[str, float | str], keras.Model], None]
-# the report key (and MLflow tag) saying what a trial trained on, and its two values
-TRAINED_ON, ON_FEATURES, ON_PIXELS = "trained_on", "features", "pixels"
 
 
 class TrialFailed(RuntimeError):
