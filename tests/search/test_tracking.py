@@ -1,0 +1,104 @@
+"""The search's MLflow records on a real SQLite store, without Ray: the parent run, each trial's
+child run found by its id, and MLflow mended to hold what Ray holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search.results import TrialRecord
+from search.tracking import (
+    TRIAL_ID,
+    class_metric_names,
+    mend_trial_runs,
+    start_parent_run,
+    trial_run,
+    trial_runs,
+)
+
+
+@pytest.fixture
+def client(tmp_path: Path, monkeypatch) -> MlflowClient:
+    monkeypatch.chdir(tmp_path)  # a SQLite store's artifacts go under ./mlruns
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def history(accuracies: list[float]) -> pd.DataFrame:
+    n = len(accuracies)
+    return pd.DataFrame({"training_iteration": range(1, n + 1), "epoch": range(1, n + 1),
+                         "val_accuracy": accuracies, "val_loss": [0.5] * n,
+                         "accuracy": [0.9] * n, "loss": [0.4] * n,
+                         "timestamp": [1_700_000_000] * n})
+
+
+def child(client: MlflowClient, parent: str, trial_id: str) -> str:
+    """A child run as Ray's callback opens it while the trial runs."""
+    experiment = client.get_run(parent).info.experiment_id
+    return client.create_run(experiment, tags={"mlflow.parentRunId": parent, "kind": "trial",
+                                               TRIAL_ID: trial_id}).info.run_id
+
+
+def steps(client: MlflowClient, run_id: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, "val_accuracy"))
+
+
+def test_the_parent_run_opens_in_the_spaces_experiment_once(client: MlflowClient) -> None:
+    first = start_parent_run(client, "gems", "gems-1", {"seed": 0, "sampler": "tpe"})
+    second = start_parent_run(client, "gems", "gems-2", {"seed": 1})
+    runs = [client.get_run(first), client.get_run(second)]
+    assert runs[0].info.experiment_id == runs[1].info.experiment_id
+    assert runs[0].data.params == {"seed": "0", "sampler": "tpe"}
+    assert all(r.data.tags["kind"] == "search" for r in runs)
+
+
+def test_a_trials_run_is_found_by_its_id_among_the_searchs_children(
+        client: MlflowClient) -> None:
+    parent = start_parent_run(client, "gems", "gems-1", {})
+    other = start_parent_run(client, "gems", "gems-2", {})
+    run_a = child(client, parent, "a")
+    child(client, other, "a")  # the same trial id in another search
+    child(client, parent, "b_with_underscores")
+    assert trial_run(client, parent, "a") == run_a
+    assert trial_run(client, parent, "c") is None
+    assert sorted(trial_runs(client, parent)) == ["a", "b_with_underscores"]
+
+
+def test_mending_writes_only_what_mlflow_missed_and_ends_every_run(
+        client: MlflowClient) -> None:
+    """Trial a: logged up to epoch 2 of 3, still RUNNING (the driver was killed); b: no run
+    at all (the server was down when it started), failed; c: complete and ended; d: a run Ray
+    never recorded (started after Tune's last snapshot)."""
+    parent = start_parent_run(client, "gems", "gems-1", {})
+    run_a, run_c, run_d = (child(client, parent, t) for t in ("a", "c", "d"))
+    for step in (1, 2):
+        client.log_metric(run_a, "val_accuracy", 0.5, step=step)
+    for step in (1, 2):
+        client.log_metric(run_c, "val_accuracy", 0.6, step=step)
+    client.set_terminated(run_c, "FINISHED")
+    records = [
+        TrialRecord("a", {"lr": 0.01}, history([0.5, 0.5, 0.7]), 1.0, stopped_early=True),
+        TrialRecord("b", {"lr": 0.1}, history([0.2]), 1.0, error="out of memory"),
+        TrialRecord("c", {"lr": 0.001}, history([0.6, 0.6]), 1.0),
+    ]
+    assert mend_trial_runs(client, parent, records) == 3  # a, b and d; c held everything
+    runs = trial_runs(client, parent)
+    assert steps(client, runs["a"].info.run_id) == [1, 2, 3]  # epoch 3 only was added
+    assert runs["a"].info.status == "FINISHED" and runs["a"].data.tags["stopped_early"] == "true"
+    assert runs["b"].info.status == "FAILED" and runs["b"].data.tags["error"] == "out of memory"
+    assert runs["b"].data.params == {"lr": "0.1"} and steps(client, runs["b"].info.run_id) == [1]
+    assert steps(client, run_c) == [1, 2] and runs["c"].info.status == "FINISHED"
+    assert runs["d"].info.status == "KILLED" and "--resume" in runs["d"].data.tags["error"]
+    assert mend_trial_runs(client, parent, records) == 0  # nothing is left to mend
+
+
+def test_class_names_become_valid_metric_names_that_never_clash(client: MlflowClient) -> None:
+    names = class_metric_names("test_f1_", ("Tiger's Eye", "C++", "C--", "C__"))
+    assert names[0] == "test_f1_Tiger_s Eye" and len(set(names)) == 4
+    run = start_parent_run(client, "gems", "gems-1", {})
+    for name in names:  # MLflow accepts every one
+        client.log_metric(run, name, 1.0)
+
+
