@@ -15,7 +15,8 @@ import pandas as pd
 
 from benchmarks.hyperband import run_hyperband
 from benchmarks.trials import curve, read_trials
-from search.driver import Options, prepare_data, run_search
+from search.driver import Options, run_search
+from search.prepare import prepare_data
 from search.space import Space
 
 METHODS = ("hyperband", "tpe_asha", "random", "baselines")

@@ -13,15 +13,13 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
-from search.evaluation import predicted_classes
+from search.registration import predict_split
 from search.sampling import DefineByRun
 from search.space import Space
 from search.trainable import load_trial_data
 from trainables.config import TrialConfig
 from trainables.data import Listing
-from trainables.images import load_arrays
 from trainables.models import build_model, compile_model
-from trainables.pipeline import make_dataset
 from trainables.train import trial_datasets
 
 
@@ -97,9 +95,5 @@ def run_hyperband(space: Space, listing: Listing, folder: Path) -> dict[str, Any
     best_hp = tuner.get_best_hyperparameters(1)[0]
     model = tuner.get_best_models(1)[0]
     config = SpaceHyperModel(space, listing).config(best_hp)
-    test = load_arrays(listing.splits["test"], config.image_size, space.data.color_mode,
-                       space.data.cache_dir)
-    predicted = predicted_classes(model.predict(
-        make_dataset(test.images, test.labels, 64, training=False, seed=space.seed),
-        verbose=0))
+    test, predicted = predict_split(model, space, listing, "test", config.image_size)
     return {"curve": curve, "test_accuracy": float((predicted == test.labels).mean())}

@@ -10,6 +10,7 @@ from typing import Any
 
 import keras
 import mlflow
+import numpy as np
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
@@ -26,8 +27,17 @@ from search.tracking import (
 from search.trainable import whole_model
 from trainables.config import TrialConfig
 from trainables.data import Listing
-from trainables.images import load_arrays
+from trainables.images import Arrays, load_arrays
 from trainables.pipeline import make_dataset
+
+
+def predict_split(model: keras.Model, space: Space, listing: Listing, split: str,
+                  image_size: int) -> tuple[Arrays, np.ndarray]:
+    """The split's images at `image_size` and the class `model` predicts for each."""
+    arrays = load_arrays(listing.splits[split], image_size, space.data.color_mode,
+                         space.data.cache_dir)
+    data = make_dataset(arrays.images, arrays.labels, 64, training=False, seed=space.seed)
+    return arrays, predicted_classes(model.predict(data, verbose=0))
 
 
 def evaluate_and_register(space: Space, listing: Listing, result: Any, trial_id: str,
@@ -45,10 +55,7 @@ def evaluate_and_register(space: Space, listing: Listing, result: Any, trial_id:
     config = TrialConfig.from_params(result.config)
     with kept_checkpoint(result).as_directory() as folder:
         model = whole_model(Path(folder), config, space.data.channels)
-    arrays = load_arrays(listing.splits[split], config.image_size, space.data.color_mode,
-                         space.data.cache_dir)
-    data = make_dataset(arrays.images, arrays.labels, 64, training=False, seed=space.seed)
-    predicted = predicted_classes(model.predict(data, verbose=0))
+    arrays, predicted = predict_split(model, space, listing, split, config.image_size)
     test = evaluate(arrays.labels, predicted, listing.classes)
     for target in (run_id, parent):
         client.log_metric(target, f"{split}_accuracy", test["accuracy"])

@@ -1,0 +1,124 @@
+"""The search's Ray Tune experiments, its "parts": each assembled (OptunaSearch on the search's
+study, ASHA, the MLflow, progress, checkpoint and snapshot callbacks), run to its end, and
+read back. The first part of a search runs its trials; a resumed one finishes the last part,
+and an extended one adds a part. The trial is an argument: the Keras trial
+(`search.trainable.run_trial`) in a real search, a cheap stand-in where the subject is the
+orchestration."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from ray import tune
+
+from search.checkpoints import CheckpointPruner, prune
+from search.console import say
+from search.folder import STUDY_NAME, SearchFolder
+from search.progress import ProgressCallback
+from search.sampling import DefineByRun
+from search.searcher import EpochBudget, PruningOptunaSearch, RecordingASHA, tpe_startup_trials
+from search.snapshots import SnapshotKeeper, mend
+from search.space import Space
+from search.trial_logger import TrialRunLogger
+from trainables.data import Listing
+
+# a trial: `trainable(config, space=..., listing=..., search_folder=...)`, reporting each
+# epoch with `tune.report`
+Trainable = Callable[..., None]
+
+
+class SearchStopped(KeyboardInterrupt):
+    """The search was told to stop (Ctrl-C, SIGTERM, SIGHUP) before its trials ended: Tune
+    saved its state, and `--resume` finishes it."""
+
+
+def run_parts(space: Space, listing: Listing, folder: SearchFolder, trainable: Trainable,
+              tracking_uri: str, epoch_budget: int | None) -> list[tune.ResultGrid]:
+    """Every part's `ResultGrid`: earlier parts read back, the last one finished if the driver
+    was killed during it, then a new part with the trials still to run (all of them, for a
+    new search; the difference, when --num-samples raises a finished search's count). Each
+    trial is `trainable(config, space=, listing=, search_folder=)` on its share of a node."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its reporter prints a banner at verbose=0
+    resources = {"cpu": space.search.resources.cpu, "gpu": space.search.resources.gpu}
+    trial = tune.with_resources(tune.with_parameters(
+        trainable, space=space, listing=listing, search_folder=folder.path), resources)
+    grids = []
+    for part in folder.parts:
+        path = str(folder.path / part)
+        mended = mend(folder.path / part)
+        if mended:
+            say(mended)
+        if not tune.Tuner.can_restore(path):
+            continue  # killed before Tune wrote its first state: no trial ran
+        tuner = tune.Tuner.restore(path, trial, resume_unfinished=True)
+        grids.append(_fit(tuner, epoch_budget) if part == folder.parts[-1]
+                     else tuner.get_results())
+    todo = space.search.num_samples - sum(len(grid) for grid in grids)
+    if todo > 0:
+        tuner = _new_part(space, folder, trial, todo, not grids, tracking_uri, epoch_budget)
+        grids.append(_fit(tuner, epoch_budget))
+    return grids
+
+
+def _fit(tuner: tune.Tuner, epoch_budget: int | None) -> tune.ResultGrid:
+    """Run a Tune part to its end, then keep each trial's best checkpoint alone."""
+    grid = tuner.fit()
+    # told to stop (its SIGINT handler), Tune saves its state, stops the running trials and
+    # returns: their last results, unlike an ended trial's, are not `done`. So does a spent
+    # epoch budget (one report per epoch), which is no stop.
+    cut = any(result.error is None and not result.metrics.get("done") for result in grid)
+    spent = sum(int(result.metrics.get("training_iteration", 0)) for result in grid)
+    if cut and not (epoch_budget and spent >= epoch_budget):
+        raise SearchStopped("the search was stopped before its trials ended")
+    prune(grid)
+    return grid
+
+
+def _new_part(space: Space, folder: SearchFolder, trainable: Any, num_samples: int,
+              first: bool, tracking_uri: str, epoch_budget: int | None) -> tune.Tuner:
+    """A Tune experiment of `num_samples` trials in the search's folder, its searcher on the
+    search's Optuna study. The first part runs the baselines first."""
+    s = space.search
+    part = folder.add_part()
+    seed = space.seed + len(folder.parts) - 1  # an extension must not redraw the same points
+    scheduler = RecordingASHA(s.asha)
+    startup = s.startup_trials or tpe_startup_trials(s.num_samples)
+    sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+               if s.sampler == "tpe"
+               else optuna.samplers.RandomSampler(seed=seed))
+    searcher = PruningOptunaSearch(
+        scheduler, space=DefineByRun(space), sampler=sampler,
+        points_to_evaluate=(space.baseline_points() or None) if first else None,
+        storage=folder.study_storage(), study_name=STUDY_NAME)
+    logger = TrialRunLogger(tracking_uri, space.name, folder.parent_run_id,
+                            scheduler.stopped)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                    num_samples=num_samples,
+                                    max_concurrent_trials=s.max_concurrent,
+                                    trial_dirname_creator=trial_folder_name,
+                                    # one worker process runs trial after trial: Python,
+                                    # TensorFlow and the data are loaded once per worker
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=part, storage_path=str(folder.path),
+            stop=EpochBudget(epoch_budget) if epoch_budget else None,
+            # our progress line replaces Tune's status tables; the pruner keeps checkpoints
+            # down to what resuming and registering need (search/checkpoints.py); the keeper
+            # keeps a whole copy of Tune's snapshot (search/snapshots.py)
+            callbacks=[logger, ProgressCallback(num_samples, scheduler.stopped),
+                       CheckpointPruner(), SnapshotKeeper()], verbose=0,
+            # a trial whose worker died is retried from its latest checkpoint
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+        ),
+    )
+
+
+def trial_folder_name(trial: Any) -> str:
+    """A trial's folder is its id: Tune's default name spells out its config (200
+    characters), in every path Tune prints and Ray writes."""
+    return str(trial.trial_id)
