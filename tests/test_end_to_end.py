@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from search.predict import main as predict
 from search.report import main as report
+from search.snapshots import KEPT
 from trainables.images import decode
 
 
@@ -88,7 +89,8 @@ def test_search_records_every_trial_and_registers_the_best(finished_search) -> N
 
     # an ended trial keeps its best checkpoint and its latest (none for a trial that
     # diverged before its first report), not one per epoch
-    trial_folders = [p for p in finished_search.storage.glob("*/part-1/*") if p.is_dir()]
+    trial_folders = [p for p in finished_search.storage.glob("*/part-1/*")
+                     if p.is_dir() and p.name != KEPT]
     assert {p.name for p in trial_folders} == set(table["trial_id"])  # short: the trial id
     assert len(trial_folders) == 5 and table["epochs_run"].max() > 2
     counts = sorted(len(list(f.glob("checkpoint_*"))) for f in trial_folders)
