@@ -23,7 +23,7 @@ from search.console import LOG_FILE, say, silenced, to_log
 from search.folder import ResumeError, SearchFolder
 from search.parent_run import open_parent_run, record_results
 from search.prepare import prepare_data
-from search.registration import evaluate_and_register
+from search.registration import Register, evaluate_and_register
 from search.results import all_failed, best_trial, records_from_grid, results_table
 from search.searcher import fail_orphans, pruned_trial_ids
 from search.server import check_server
@@ -65,11 +65,14 @@ def _stop_as_ctrl_c(signum: int, frame: object) -> None:
     signal.raise_signal(signal.SIGINT)
 
 
-def run_search(space: Space, options: Options, trainable: Trainable = run_trial) -> Outcome:
+def run_search(space: Space, options: Options, trainable: Trainable = run_trial,
+               register: Register | None = evaluate_and_register) -> Outcome:
     """Run the search `space` describes (or resume and extend the last one) and record it in
     MLflow. Trials that fail are recorded as failed; the search goes on without them (and
     its parent run ends FAILED if every trial failed). One driver runs a search at a time
-    (`SearchFolder.lock`); a search stopped early raises `SearchStopped`, its runs KILLED."""
+    (`SearchFolder.lock`); a search stopped early raises `SearchStopped`, its runs KILLED.
+    Each trial is `trainable` (the Keras trial); `register` evaluates and registers the best
+    trial's model (None: a trainable with no model, such as `search.curve_trial`'s)."""
     freeze_imports()
     check_server(options.tracking_uri)
     listing = prepare_data(space)
@@ -82,7 +85,7 @@ def run_search(space: Space, options: Options, trainable: Trainable = run_trial)
     parent = folder.parent_run_id
     try:
         with to_log(folder.path / LOG_FILE):
-            return _search(space, listing, options, folder, client, trainable)
+            return _search(space, listing, options, folder, client, trainable, register)
     except BaseException as exc:
         with contextlib.suppress(MlflowException):  # the server may be what failed
             if isinstance(exc, KeyboardInterrupt):  # SearchStopped included
@@ -97,7 +100,7 @@ def run_search(space: Space, options: Options, trainable: Trainable = run_trial)
 
 
 def _search(space: Space, listing: Listing, options: Options, folder: SearchFolder,
-            client: MlflowClient, trainable: Trainable) -> Outcome:
+            client: MlflowClient, trainable: Trainable, register: Register | None) -> Outcome:
     """The search in its folder: run its parts, then record the results and register the
     best model."""
     parent = folder.parent_run_id
@@ -120,8 +123,8 @@ def _search(space: Space, listing: Listing, options: Options, folder: SearchFold
     best = best_trial(table, among={t for t, result in results.items()
                                     if kept_checkpoint(result) is not None})
     accuracy, evaluated_on, model_uri = None, "", None
-    if best is not None:
-        accuracy, evaluated_on, model_uri = evaluate_and_register(
+    if best is not None and register is not None:
+        accuracy, evaluated_on, model_uri = register(
             space, listing, results[best["trial_id"]], best["trial_id"], parent)
     client.set_terminated(parent, "FAILED" if all_failed(table) else "FINISHED")
     return Outcome(space.name, table, str(folder.results_path), parent, best, accuracy,

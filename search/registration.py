@@ -5,6 +5,7 @@ a killed search is resumed."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ from trainables.config import TrialConfig
 from trainables.data import Listing
 from trainables.images import Arrays, load_arrays
 from trainables.pipeline import make_dataset
+
+# what registers a search's best model: (space, listing, the best trial's Tune result, its
+# trial id, the parent run's id) -> (held-out accuracy, the split it was measured on, model URI)
+Register = Callable[[Space, Listing, Any, str, str], tuple[float, str, str]]
 
 
 def predict_split(model: keras.Model, space: Space, listing: Listing, split: str,

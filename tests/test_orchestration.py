@@ -1,0 +1,87 @@
+"""The whole search machinery (the driver, OptunaSearch on the journal study, ASHA, the MLflow
+logger, progress, results, faults) on real Ray, Optuna and MLflow, with the curve trial
+standing in for Keras: seconds, not minutes."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pandas as pd
+from conftest import CLASSES, DATA, write_class_folders
+from mlflow.tracking import MlflowClient
+
+from search.curve_trial import FAULT_EPOCH, curve_trial
+from search.driver import Options, run_search
+from search.folder import SearchFolder
+from search.space import load_space
+
+SPACE = """
+name: curves
+seed: 0
+""" + DATA + """model:
+  image_size: 8
+  conv_blocks: 1
+  dense_layers: 1
+  conv_filters: {{type: choice, choices: [4, 8, 16]}}
+  dense_units: {{type: choice, choices: [8, 16, 32]}}
+train:
+  learning_rate: {{type: loguniform, low: 0.0001, high: 0.1}}
+  epochs: 8
+search:
+  num_samples: 16
+  max_concurrent: 4
+  max_failures: 1
+  resources: {{cpu: 0.5}}
+  asha: {{max_epochs: 8, grace_period: 2, reduction_factor: 2}}  # faults come at epoch 2
+baselines:  # run first: the trials told to die and to diverge
+  dies: {{conv_filters: [8], dense_units: [16], learning_rate: 0.001}}
+  diverges: {{conv_filters: [4], dense_units: [32], learning_rate: 0.05}}
+"""
+
+
+def test_a_search_of_curve_trials_with_faults_runs_through_every_part(
+        ray_local, tmp_path: Path, monkeypatch) -> None:
+    """16 trials, 4 at a time: ASHA stops some early (Optuna sees them PRUNED); the baseline
+    `dies` has its worker killed at epoch 2 and goes on from its checkpoint in the same
+    MLflow run; the baseline `diverges` fails alone."""
+    monkeypatch.chdir(tmp_path)
+    root = write_class_folders(tmp_path / "data", 8, classes=CLASSES)
+    path = tmp_path / "curves.yaml"
+    path.write_text(SPACE.format(root=root, cache=tmp_path / "cache"))
+    space = load_space(path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trial = curve_trial(epoch_s=0.05, nan_if=lambda p: p.get("baseline") == "diverges",
+                        die_if=lambda p: p.get("baseline") == "dies")
+    with contextlib.redirect_stdout(None):
+        outcome = run_search(space, Options(uri, tmp_path / "ray"), trial, register=None)
+
+    table = outcome.table.set_index("trial_id")
+    assert len(table) == 16 and outcome.model_uri is None
+    dies, diverges = table["baseline"] == "dies", table["baseline"] == "diverges"
+    assert set(table.index[table["status"] == "failed"]) == set(table.index[diverges])
+    assert (table["status"] == "stopped").any() and (table["status"] == "completed").any()
+    assert dies.sum() == 1 and diverges.sum() == 1
+    assert (table.loc[~diverges & (table["status"] == "completed"), "epochs_run"] == 8).all()
+
+    client = MlflowClient(uri)
+    runs = {r.data.tags["trial_id"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("curves").experiment_id], "tags.kind = 'trial'")}
+    assert set(runs) == set(table.index)  # one run per trial, killed ones included
+    for trial_id, run in runs.items():
+        epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+        if diverges[trial_id]:
+            assert run.info.status == "FAILED" and "not finite" in run.data.tags["error"]
+            assert sorted(epochs) == list(range(1, FAULT_EPOCH))
+            continue
+        assert run.info.status == "FINISHED"
+        assert sorted(set(epochs)) == list(range(1, table.loc[trial_id, "epochs_run"] + 1))
+        if dies[trial_id]:  # at most the epoch reported as it died is logged twice
+            assert run.data.tags["restarts"] == "1" and len(epochs) <= len(set(epochs)) + 1
+            assert table.loc[trial_id, "epochs_run"] > FAULT_EPOCH
+
+    study = SearchFolder.load(next((tmp_path / "ray").glob("*/search.json")).parent) \
+        .load_study()
+    states = pd.Series([t.state.name for t in study.trials]).value_counts()
+    assert states.get("PRUNED", 0) == (table["status"] == "stopped").sum()
+    assert states.get("FAIL", 0) == diverges.sum()
