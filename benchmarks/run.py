@@ -1,7 +1,9 @@
-"""`python -m benchmarks.run [--quick]`: the three benchmarks, a table of each, and three
+"""`python -m benchmarks.run [scale] [--quick]`: the four benchmarks, a table of each, and
 lines for scripts at the end (`overhead_share=`, `pipeline_speedup=`,
-`compute_to_match_random=`). `--quick` (under 20 minutes on 2 cores): 2 seeds of digits, 1 of
-shapes, a smaller pipeline set; the full run: 5 seeds of each."""
+`compute_to_match_random=`, and the scale benchmark's `results_per_s=`, `trial_cost_growth=`,
+`overhead_vs_ideal=`). `--quick` (under 25 minutes on 2 cores): 2 seeds of digits, 1 of
+shapes, a smaller pipeline set, 100 curve trials; the full run: 5 seeds of each, 2,000 curve
+trials. `scale` runs the scale benchmark alone."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks import efficiency, overhead, pipeline
+from benchmarks import efficiency, overhead, pipeline, scale
 from benchmarks.shapes import write_shapes
 from search.space import Fixed, Space, load_space
 
@@ -48,8 +50,12 @@ def print_overhead(o: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    p.add_argument("which", nargs="?", choices=["all", "scale"], default="all")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
+    trials = 100 if args.quick else 2000
+    if args.which == "scale":
+        return scale.main(["--trials", str(trials)])
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
     pd.set_option("display.width", 140)
     print(f"machine: {machine()}\n")
@@ -102,9 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     print("epochs TPE+ASHA took to reach random search's best, as a share of random's: "
           + ", ".join(f"{v:.2f}" for v in match))
 
+    print(f"\n4. scale: {trials} curve trials through the real driver and an MLflow server")
+    sc = scale.run(trials, concurrent=8)
+    scale.print_report(sc)
+
     print(f"\noverhead_share={o['overhead_share']:.3f}")
     print(f"pipeline_speedup={pl['speedup']:.2f}")
     print(f"compute_to_match_random={match.median():.3f}")
+    scale.print_lines(sc)
     return 0
 
 

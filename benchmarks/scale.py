@@ -63,6 +63,7 @@ class Meter:
     """What the wrapped methods saw: seconds per part, MLflow requests, and one event per
     trial start, result and end (wall clock, the driver's CPU seconds, its RSS)."""
     seconds: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
+    methods: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
     requests: int = 0
     events: list[tuple[str, float, float]] = dataclasses.field(default_factory=list)
     rss_mb: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (ended, MB)
@@ -95,7 +96,9 @@ def metered() -> Iterator[Meter]:
             try:
                 return original(*args, **kwargs)
             finally:
-                meter.seconds[part] += time.perf_counter() - started
+                elapsed = time.perf_counter() - started
+                meter.seconds[part] += elapsed
+                meter.methods[f"{owner.__name__}.{name}"] += elapsed
 
         saved.append((owner, name, original))
         setattr(owner, name, timed)
@@ -198,7 +201,7 @@ def summarise(meter: Meter, table: Any, wall: float, concurrent: int,
         "fifths": fifths, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_growth_mb_per_1000_trials": per_1000,
         "mlflow_requests_per_result": meter.requests / results,
-        "part_seconds": dict(meter.seconds),
+        "part_seconds": dict(meter.seconds), "method_seconds": dict(meter.methods),
         "trial_cost_growth": fifths[-1]["driver_cpu_ms_per_trial"]
         / fifths[0]["driver_cpu_ms_per_trial"],
         "concurrent": concurrent, "epoch_s": epoch_s,
@@ -222,6 +225,9 @@ def print_report(r: dict[str, Any]) -> None:
     print("driver wall seconds in:")
     for part, seconds in sorted(r["part_seconds"].items(), key=lambda kv: -kv[1]):
         print(f"  {seconds:8.1f} s {seconds / r['wall_s']:6.1%}  {part}")
+    print("the costliest methods:")
+    for method, seconds in sorted(r["method_seconds"].items(), key=lambda kv: -kv[1])[:6]:
+        print(f"  {seconds:8.1f} s  {method}")
 
 
 def print_lines(r: dict[str, Any]) -> None:
@@ -233,7 +239,7 @@ def print_lines(r: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__)
     p.add_argument("--trials", type=int, default=2000)
-    p.add_argument("--concurrent", type=int, default=16)
+    p.add_argument("--concurrent", type=int, default=8)
     p.add_argument("--epoch-s", type=float, default=0.05)
     args = p.parse_args(argv)
     r = run(args.trials, args.concurrent, epoch_s=args.epoch_s)

@@ -38,6 +38,9 @@ if [ -z "${MLFLOW_BACKEND_URI:-}" ] && [ -n "${MLFLOW_BACKUP:-}" ]; then
       done ) &
 fi
 
+# MLflow 3's job runner (GenAI evaluations, trace rollups: this project uses neither) starts
+# seven consumer processes (about 1 GB) whose polling made each request here 80 ms, not 56
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 exec mlflow server \
   --backend-store-uri "${MLFLOW_BACKEND_URI:-sqlite:///$DB}" \
   --artifacts-destination "$ARTIFACTS" \

@@ -3,23 +3,34 @@ own `MLflowLoggerCallback`, in the driver, with each trial a child run of the se
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-from search.tracking import TRIAL_ID, epoch_metrics, trial_run
+from search.tracking import TRIAL_ID, epoch_metrics, trial_runs
 from trainables.metrics import TRAINED_ON
+
+MAX_PARAMS_PER_BATCH = 100  # MLflow's limit on one log_batch
 
 
 class TrialRunLogger(MLflowLoggerCallback):
     """Ray's MLflow callback with each trial a child of the parent run: epoch metrics with
     `step=epoch`, a `stopped_early` tag and metric for trials ASHA stopped, the node a trial
     runs on, what it trained on (`trained_on`: cached backbone features or pixels), and a
-    `restarts` tag when Tune retries it in the same run."""
+    `restarts` tag when Tune retries it in the same run.
+
+    Ray's own methods send one request per param and look the run up before each write; here
+    a trial start is two requests (the run, its params in one batch), a result one (its
+    metrics and any new tags in one batch), an end two. The trials' runs are looked up once,
+    when the driver starts (a resumed search finds its trials' runs there). (MLflow's
+    asynchronous `log_batch` was tried and was slower: its futures each hold one of ten
+    status threads until written, so waiting on a trial's writes at its end took a second.)"""
 
     def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str,
                  stopped: set[str]):
@@ -37,43 +48,48 @@ class TrialRunLogger(MLflowLoggerCallback):
         self.tracking_uri = mlflow.get_tracking_uri()
         self._lost: MlflowException | None = None  # MLflow's failure at a trial's end
         super().setup(*args, **kwargs)
+        self._client = MlflowClient(self.tracking_uri)
+        self._runs = {trial_id: run.info.run_id
+                      for trial_id, run in trial_runs(self._client, self.parent_run_id).items()}
 
     def log_trial_start(self, trial: Any) -> None:
-        if trial not in self._trial_runs:
-            client = MlflowClient(self.tracking_uri)
-            run_id = trial_run(client, self.parent_run_id, trial.trial_id)
-            if run_id is None:
-                run_id = self.mlflow_util.start_run(
-                    run_name=str(trial), tags={**self.tags, "trial_name": str(trial),
-                                               TRIAL_ID: trial.trial_id}).info.run_id
-            else:  # resumed after the driver was killed: continue the trial's run
-                client.update_run(run_id, status="RUNNING")
-            self._trial_runs[trial] = run_id
-        super().log_trial_start(trial)  # logs the params
+        if trial in self._trial_runs:
+            return  # a retry after its worker died: the same run, its params logged
+        run_id = self._runs.get(trial.trial_id)
+        if run_id is not None:  # resumed after the driver was killed: continue the trial's run
+            self._client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = self._client.create_run(
+                self.mlflow_util.experiment_id, run_name=str(trial),
+                tags={**self.tags, "trial_name": str(trial), TRIAL_ID: trial.trial_id}
+            ).info.run_id
+            self._runs[trial.trial_id] = run_id
+            params = [Param(key, str(value)) for key, value in trial.config.items()]
+            for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
+                self._client.log_batch(run_id, params=params[start:start + MAX_PARAMS_PER_BATCH])
+        self._trial_runs[trial] = run_id
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A trial whose worker died: Tune retries it from its last checkpoint, in this run."""
         run_id = self._trial_runs.get(trial)
         if run_id is not None:
-            client = MlflowClient(self.tracking_uri)
-            client.set_tag(run_id, "restarts", str(trial.num_failures))
+            tags = {"restarts": str(trial.num_failures)}
             if trial.error_file:
-                client.set_tag(run_id, "last_failure", _last_line(trial.error_file))
+                tags["last_failure"] = _last_line(trial.error_file)
+            self._client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
-        # one request, to this run or an error: Ray's own helper logs to a new run when it
-        # cannot see this one (the server being down, for one)
         run_id = self._trial_runs[trial]
-        client = MlflowClient(self.tracking_uri)
-        client.log_batch(run_id, metrics=epoch_metrics(result))
+        tags = {}
         if result.get(TRAINED_ON) and trial.trial_id not in self._tagged:
-            client.set_tag(run_id, TRAINED_ON, result[TRAINED_ON])
+            tags[TRAINED_ON] = result[TRAINED_ON]
             self._tagged.add(trial.trial_id)
         node = result.get("node_id")
         if node and self._node.get(trial.trial_id) != node:  # where it runs (a retry may move)
-            client.set_tag(run_id, "ray_node_id", node)
-            client.set_tag(run_id, "node_ip", result.get("node_ip", ""))
+            tags.update({"ray_node_id": node, "node_ip": result.get("node_ip", "")})
             self._node[trial.trial_id] = node
+        self._client.log_batch(run_id, metrics=epoch_metrics(result),
+                               tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         try:
@@ -90,19 +106,20 @@ class TrialRunLogger(MLflowLoggerCallback):
     def _log_trial_end(self, trial: Any, failed: bool) -> None:
         run_id = self._trial_runs[trial]
         stopped = trial.trial_id in self.stopped
-        client = MlflowClient(self.tracking_uri)
-        client.set_tag(run_id, "stopped_early", str(stopped).lower())
-        client.log_metric(run_id, "stopped_early", float(stopped))
+        tags = {"stopped_early": str(stopped).lower()}
         if failed and trial.error_file:
-            client.set_tag(run_id, "error", _last_line(trial.error_file))
-        super().log_trial_end(trial, failed)
+            tags["error"] = _last_line(trial.error_file)
+        self._client.log_batch(
+            run_id, metrics=[Metric("stopped_early", float(stopped), int(time.time() * 1000), 0)],
+            tags=[RunTag(k, v) for k, v in tags.items()])
+        self._client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
         self._ended.add(run_id)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Trials the search ended before they did (an epoch budget spent) are KILLED, not
         left RUNNING forever."""
         for run_id in set(self._trial_runs.values()) - self._ended:
-            MlflowClient(self.tracking_uri).set_terminated(run_id, "KILLED")
+            self._client.set_terminated(run_id, "KILLED")
         super().on_experiment_end(trials, **info)
 
 
