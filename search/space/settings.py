@@ -1,0 +1,36 @@
+"""The search section of a space: how many trials, the sampler, resources, ASHA's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class Asha:
+    max_epochs: int = 10
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+
+    def epochs_for(self, epochs: int) -> int:
+        """Epochs a trial runs: its own setting, capped by `max_epochs`."""
+        return min(epochs, self.max_epochs)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    num_samples: int = 10
+    sampler: str = "tpe"
+    startup_trials: int | None = None  # TPE's random trials first; None: tpe_startup_trials()
+    max_concurrent: int = 2
+    max_failures: int = 2  # retries of a trial whose worker died, each from its last checkpoint
+    # trials with a frozen backbone and no augmentation train on its output, computed once
+    # (trainables/features.py); false: every epoch runs the whole model, as before
+    feature_cache: bool = True
+    resources: Resources = Resources()
+    asha: Asha = Asha()
