@@ -129,6 +129,7 @@ class CheckpointPruner(tune.Callback):
 
     def _prune(self, trials: list[Trial]) -> None:
         storage = trials[0].storage
+        assert storage is not None  # Tune gives every trial its storage before it starts
         staged = self._read(storage.experiment_driver_staging_path, None)
         landed = self._read(storage.experiment_fs_path, storage.storage_filesystem)
         if staged is False or landed is False:
@@ -145,8 +146,8 @@ class CheckpointPruner(tune.Callback):
         saved = [self._landed] + [keeps for _, keeps in self._staged]
         for trial in changed:
             manager = trial.run_metadata.checkpoint_manager
-            results = manager.best_checkpoint_results
-            if not results:
+            results = manager.best_checkpoint_results if manager else None
+            if not results or trial.storage is None:
                 continue
             in_memory = _view(trial.status == FINAL, manager)
             trial_path = trial.storage.trial_fs_path
@@ -190,20 +191,21 @@ def saved_views(text: bytes) -> dict[str, Kept]:
     return views
 
 
-def _name(checkpoint: tune.Checkpoint) -> str:
+def _name(checkpoint: Any) -> str:
+    """A checkpoint's folder name (Tune's own and `tune.Checkpoint` are typed apart)."""
     return checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def kept_checkpoint(result: tune.Result) -> tune.Checkpoint | None:
     """The checkpoint an ended trial keeps: its best-`val_accuracy` one, else its latest."""
-    return best_checkpoint(result.best_checkpoints) or result.checkpoint
+    return best_checkpoint(result.best_checkpoints or []) or result.checkpoint
 
 
 def prune(grid: tune.ResultGrid) -> None:
     """Once a Tune part has ended: delete each trial's checkpoints but its best, and the
     best's optimizer state. Any folder goes, not only those Tune lists: a killed driver's
     trials may have written some after its last saved state."""
-    for result in grid:
+    for result in grid:  # type: ignore[attr-defined]  # ResultGrid iterates by __getitem__
         best = kept_checkpoint(result)
         folders = [info.base_name
                    for info in result.filesystem.get_file_info(FileSelector(result.path))

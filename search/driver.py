@@ -110,7 +110,8 @@ def _search(space: Space, listing: Listing, options: Options, folder: SearchFold
     study = folder.load_study()
     pruned = pruned_trial_ids(study)
     pairs = [(record, result) for grid in done
-             for record, result in zip(records_from_grid(grid, pruned), grid, strict=True)]
+             for record, result in zip(records_from_grid(grid, pruned),
+                                       grid, strict=True)]  # type: ignore[call-overload]
     records = [record for record, _ in pairs]
     fail_orphans(study, {record.trial_id for record in records})
     mended = mend_trial_runs(client, parent, records)

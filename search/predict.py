@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             files.append(path)
             pixels.append(decoded)
     if files:
+        assert model is not None
         outputs = model.predict(np.stack(pixels).astype(np.float32), verbose=0)
         probabilities = class_probabilities(outputs)
         for path, index, row in zip(files, predicted_classes(outputs), probabilities, strict=True):

@@ -5,6 +5,8 @@ Ray starts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from search.console import say
@@ -20,7 +22,7 @@ def prepare_data(space: Space) -> Listing:
     split once at each image size the space can draw (trials then read the shared cache).
     A class with no readable image in a split is a `DataError` naming it."""
     if space.data.generate == "digits":
-        write_digits(space.data.root)
+        write_digits(Path(space.data.root))  # generated data is local
     listing = list_images(space.data, space.seed)
     param = space.params["image_size"]
     sizes = [param.value] if isinstance(param, Fixed) else \

@@ -57,8 +57,12 @@ def evaluate_and_register(space: Space, listing: Listing, result: Any, trial_id:
     if earlier.tags.get(BEST_TRIAL_ID) == trial_id and REGISTERED_MODEL in earlier.tags:
         return earlier.metrics[f"{split}_accuracy"], split, earlier.tags[REGISTERED_MODEL]
     run_id = trial_run(client, parent, trial_id)
+    checkpoint = kept_checkpoint(result)
+    # the driver has written every trial's run (mend_trial_runs) and registers only a trial
+    # that kept a checkpoint
+    assert run_id is not None and checkpoint is not None
     config = TrialConfig.from_params(result.config)
-    with kept_checkpoint(result).as_directory() as folder:
+    with checkpoint.as_directory() as folder:
         model = whole_model(Path(folder), config, space.data.channels)
     arrays, predicted = predict_split(model, space, listing, split, config.image_size)
     test = evaluate(arrays.labels, predicted, listing.classes)

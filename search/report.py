@@ -88,8 +88,9 @@ def artifacts_text(client: MlflowClient, parent: mlflow.entities.Run, outcome: O
     folders."""
     runs = [("search (parent run)", parent)]
     if outcome.model_uri:
-        name, version = outcome.model_uri.removeprefix("models:/").split("/")
-        version = client.get_model_version(name, version)
+        name, number = outcome.model_uri.removeprefix("models:/").split("/")
+        version = client.get_model_version(name, number)
+        assert version.run_id is not None  # registered from a trial's run
         best = client.get_run(version.run_id)
         runs.append((f"best trial ({outcome.model_uri})", best))
     lines = []

@@ -92,6 +92,7 @@ class PruningOptunaSearch(OptunaSearch):
                           error: bool = False) -> None:
         if trial_id in self._completed_trials:
             return
+        assert self._ot_trials is not None and self._ot_study is not None  # set up by Tune
         with self._unless_finished(trial_id):
             ot_trial = self._ot_trials[trial_id]
             # Ray passes a result that ASHA said STOP to (a prune, or the end at max_t) to no
@@ -118,6 +119,7 @@ class PruningOptunaSearch(OptunaSearch):
     @property
     def study(self) -> optuna.Study:
         """The Optuna study behind the search (read it; do not tell it trials)."""
+        assert self._ot_study is not None  # set up by Tune
         return self._ot_study
 
 

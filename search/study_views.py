@@ -5,6 +5,8 @@ ASHA's stops show), and the best value as the search went on."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 from matplotlib.figure import Figure
@@ -30,13 +32,14 @@ def study_figures(study: optuna.Study) -> dict[str, Figure]:
     if not study.trials:
         return {}
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    plots = {"optuna_intermediate_values.png": views.plot_intermediate_values,
-             "optuna_optimization_history.png": views.plot_optimization_history}
+    plots: dict[str, Callable[[optuna.Study], Any]] = {
+        "optuna_intermediate_values.png": views.plot_intermediate_values,
+        "optuna_optimization_history.png": views.plot_optimization_history}
     if completed:
         plots["optuna_slice.png"] = views.plot_slice
     if param_importances(study):
         plots["optuna_param_importances.png"] = views.plot_param_importances
-    figures = {}
+    figures: dict[str, Figure] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.simplefilter("ignore", UserWarning)  # "identical low and high xlims" etc.
@@ -44,5 +47,6 @@ def study_figures(study: optuna.Study) -> dict[str, Figure]:
             axes = plot(study)
             first = axes.flat[0] if hasattr(axes, "flat") else axes  # slice: one per param
             figure = first.get_figure()
+            assert isinstance(figure, Figure)
             figures[name] = figure
     return figures

@@ -61,7 +61,7 @@ class TrialRunLogger(MLflowLoggerCallback):
         else:
             run_id = self._client.create_run(
                 self.mlflow_util.experiment_id, run_name=str(trial),
-                tags={**self.tags, "trial_name": str(trial), TRIAL_ID: trial.trial_id}
+                tags={**(self.tags or {}), "trial_name": str(trial), TRIAL_ID: trial.trial_id}
             ).info.run_id
             self._runs[trial.trial_id] = run_id
             params = [Param(key, str(value)) for key, value in trial.config.items()]

@@ -69,8 +69,9 @@ def _fit(tuner: tune.Tuner, epoch_budget: int | None) -> tune.ResultGrid:
     # told to stop (its SIGINT handler), Tune saves its state, stops the running trials and
     # returns: their last results, unlike an ended trial's, are not `done`. So does a spent
     # epoch budget (one report per epoch), which is no stop.
-    cut = any(result.error is None and not result.metrics.get("done") for result in grid)
-    spent = sum(int(result.metrics.get("training_iteration", 0)) for result in grid)
+    results = list(grid)  # type: ignore[call-overload]  # iterates by __getitem__
+    cut = any(result.error is None and not result.metrics.get("done") for result in results)
+    spent = sum(int(result.metrics.get("training_iteration", 0)) for result in results)
     if cut and not (epoch_budget and spent >= epoch_budget):
         raise SearchStopped("the search was stopped before its trials ended")
     prune(grid)

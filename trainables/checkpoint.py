@@ -29,7 +29,7 @@ def save(trained: keras.Model, folder: Path, epoch: int) -> None:
     keras.Model(trained.inputs, trained.outputs, name=trained.name).save(folder / MODEL_FILE)
     state: dict[str, np.ndarray] = {}
     trained.optimizer.save_own_variables(state)
-    np.savez(folder / OPTIMIZER_FILE, **state)
+    np.savez(folder / OPTIMIZER_FILE, **state)  # type: ignore[arg-type]  # numpy's stub
     (folder / STATE_FILE).write_text(json.dumps({"epoch": epoch}))
 
 

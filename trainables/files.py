@@ -59,7 +59,7 @@ def files_below(folder: Location) -> Iterator[str]:
     """Every file under `folder`, at any depth, in sorted order."""
     if is_uri(folder):
         for top, _, names in sorted(_gfile().walk(folder)):
-            yield from (join(top, n) for n in sorted(names))
+            yield from (str(join(top, n)) for n in sorted(names))
     else:
         yield from (str(p) for p in sorted(Path(folder).rglob("*")) if p.is_file())
 
