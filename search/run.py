@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SpaceError, DataError, TrackingError, ResumeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP; the driver's SearchStopped
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP; search.tuning's SearchStopped
         print(STOPPED.format(storage=args.storage_path), file=sys.stderr)
         return EXIT_STOPPED
     except Exception as exc:
