@@ -139,6 +139,41 @@ def write_space(folder: Path, *, num_samples: int, epochs: int, dense_units: str
     return path
 
 
+# the curve trial's space (search/curve_trial.py): its params only shape the curves
+CURVE_SPACE = """
+name: curves
+seed: 0
+""" + DATA + """model:
+  image_size: 8
+  conv_blocks: 1
+  dense_layers: 1
+  conv_filters: {{type: choice, choices: [4, 8, 16]}}
+  dense_units: {{type: choice, choices: [8, 16, 32]}}
+train:
+  learning_rate: {{type: loguniform, low: 0.0001, high: 0.1}}
+  epochs: {epochs}
+search:
+  num_samples: {num_samples}
+  max_concurrent: {max_concurrent}
+  max_failures: {max_failures}
+  resources: {{cpu: 0.5}}
+  asha: {asha}
+{baselines}
+"""
+
+
+def write_curve_space(folder: Path, *, epochs: int, num_samples: int, max_concurrent: int,
+                      asha: str, max_failures: int = 1, baselines: str = "") -> Path:
+    """The curve trials' space file (experiment `curves`) and its data under `folder`."""
+    root = write_class_folders(folder / "data", 8, classes=CLASSES)
+    path = folder / "curves.yaml"
+    path.write_text(CURVE_SPACE.format(
+        root=root, cache=folder / "cache", epochs=epochs, num_samples=num_samples,
+        max_concurrent=max_concurrent, max_failures=max_failures, asha=asha,
+        baselines=baselines))
+    return path
+
+
 @pytest.fixture
 def image_tree(tmp_path: Path) -> Path:
     """Three classes of 12 PNGs each, plus one corrupt JPEG and one text file."""

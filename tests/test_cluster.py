@@ -4,6 +4,7 @@ real multi-node Ray cluster logging to a real MLflow tracking server."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -17,7 +18,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port, running_mlflow_server, wait_for_server, write_space
+from conftest import (
+    free_port,
+    running_mlflow_server,
+    wait_for_server,
+    write_curve_space,
+    write_space,
+)
 from mlflow.tracking import MlflowClient
 from ray.autoscaler._private.aws.config import _configure_security_group
 from ray.autoscaler._private.util import prepare_config, validate_config
@@ -75,33 +82,46 @@ def test_workers_are_gpu_nodes_and_install_the_project():
     assert any("pip install" in c and "keras-search" in c for c in config["setup_commands"])
 
 
-@pytest.fixture
-def two_node_cluster(tmp_path: Path):
-    """A real Ray cluster on this machine: a head and a worker node, 1 CPU each, started with
-    `ray start` and token authentication on, as cluster.yaml does. Yields (address, env).
-    Each node is stopped by its process group id."""
+@contextlib.contextmanager
+def ray_cluster(tmp_path: Path, head_cpus: int, workers: int):
+    """A real Ray cluster on this machine: a head with `head_cpus` CPUs and `workers` worker
+    nodes of 1 CPU each, started with `ray start` and token authentication on, as
+    cluster.yaml does. Yields (address, env). Each node is stopped by its process group id."""
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
     address = f"127.0.0.1:{free_port()}"
     # its own temp dir (short: it holds sockets), so no `ray_current_cluster` file is left in
     # /tmp/ray for a later plain ray.init() to find
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    common = ["--num-cpus=1", "--disable-usage-stats", "--block", f"--temp-dir={temp}"]
-    nodes = []
+    common = ["--disable-usage-stats", "--block", f"--temp-dir={temp}"]
+    head = ["--head", f"--port={address.split(':')[1]}", "--include-dashboard=false",
+            f"--num-cpus={head_cpus}"]
+    nodes: list[subprocess.Popen] = []
+
+    def start(args: list[str]) -> None:
+        nodes.append(subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", *args, *common],
+            env=env, start_new_session=True,
+            stdout=(tmp_path / f"node{len(nodes)}.log").open("w"), stderr=subprocess.STDOUT))
+
     try:
-        for args in (["--head", f"--port={address.split(':')[1]}",
-                      "--include-dashboard=false"], [f"--address={address}"]):
-            nodes.append(subprocess.Popen(
-                [sys.executable, "-m", "ray.scripts.scripts", "start", *args, *common],
-                env=env, start_new_session=True,
-                stdout=(tmp_path / f"node{len(nodes)}.log").open("w"),
-                stderr=subprocess.STDOUT))
+        # one after the other: on 2 cores, nodes started together time out
+        for args in [head] + [[f"--address={address}", "--num-cpus=1"]] * workers:
+            start(args)
             _wait_for_nodes(address, env, len(nodes))
         yield address, env
     finally:
         for node in nodes:
-            os.killpg(node.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # a node the test stopped
+                os.killpg(node.pid, signal.SIGKILL)
             node.wait(timeout=30)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path: Path):
+    """A head and a worker node, 1 CPU each."""
+    with ray_cluster(tmp_path, head_cpus=1, workers=1) as cluster:
+        yield cluster
 
 
 def _wait_for_nodes(address: str, env: dict, count: int, timeout_s: float = 120) -> None:
@@ -138,6 +158,85 @@ def test_search_on_a_two_node_cluster_logs_to_a_tracking_server(two_node_cluster
     assert len(nodes) == 2, nodes  # trials ran on the head and on the worker
     parent = next(r for r in runs if r.data.tags.get("kind") == "search")
     assert parent.info.status == "FINISHED" and "registered_model" in parent.data.tags
+
+
+# the driver of a search of curve trials (search/curve_trial.py) on the cluster at argv[4]
+CURVE_DRIVER = """import pathlib, sys
+from search.curve_trial import curve_trial
+from search.driver import Options, run_search
+from search.space import load_space
+space, uri, storage, address = sys.argv[1:]
+run_search(load_space(space), Options(uri, pathlib.Path(storage), address),
+           curve_trial(epoch_s=1.0), register=None)
+"""
+
+
+def test_a_node_lost_mid_search_loses_no_trial(tmp_path: Path):
+    """A head and three worker nodes; one worker node is lost (its raylet killed, as a spot
+    instance reclaimed loses it) while trials run on it: those trials go on from their
+    checkpoints on the other nodes, and MLflow ends with one run per trial, every epoch."""
+    epochs = 12
+    space = write_curve_space(tmp_path, epochs=epochs, num_samples=6, max_concurrent=6,
+                              asha=f"{{max_epochs: {epochs}, grace_period: {epochs}}}",
+                              max_failures=2)
+    uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "ray"
+    log = tmp_path / "driver.log"
+    # the head runs no trial (as on a cluster whose head has no GPU): a lost worker node is
+    # never the head
+    with ray_cluster(tmp_path, head_cpus=0, workers=3) as (address, env), log.open("w") as out:
+        driver = subprocess.Popen(
+            [sys.executable, "-c", CURVE_DRIVER, str(space), uri, str(storage), address],
+            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        lost, moved = None, set()
+        deadline = time.monotonic() + 300
+        while lost is None and driver.poll() is None and time.monotonic() < deadline:
+            latest = _latest_results(storage)
+            midway = [r["node_id"] for r in latest.values() if 3 <= r["epoch"] < epochs]
+            if midway:
+                lost = midway[0]
+                os.kill(_raylets()[lost], signal.SIGKILL)
+                moved = {t for t, r in latest.items()
+                         if r["node_id"] == lost and r["epoch"] < epochs}
+            time.sleep(0.2)
+        code = driver.wait(timeout=max(deadline - time.monotonic(), 1))
+    assert code == 0 and lost is not None, log.read_text()[-3000:]
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("curves").experiment_id])
+    trials = {r.data.tags["trial_id"]: r for r in runs if r.data.tags.get("kind") == "trial"}
+    assert len(trials) == 6 and len(runs) == 7  # one run per trial, and the search's
+    assert moved and moved <= set(trials)
+    for trial_id, run in trials.items():
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+        assert run.info.status == "FINISHED", (trial_id, run.data.tags)
+        assert sorted(set(steps)) == list(range(1, epochs + 1)), (trial_id, steps)
+        if trial_id in moved:  # went on from its checkpoint elsewhere, not from epoch 1
+            assert int(run.data.tags["restarts"]) >= 1 and steps.count(1) == 1, steps
+            assert run.data.tags["ray_node_id"] != lost
+    parent = next(r for r in runs if r.data.tags.get("kind") == "search")
+    assert parent.info.status == "FINISHED"
+
+
+def _latest_results(storage: Path) -> dict[str, dict]:
+    """Each trial's last result, as Tune has written it to the storage path, by trial id."""
+    latest = {}
+    for path in storage.glob("*/part-1/*/result.json"):
+        lines = path.read_text().splitlines()
+        with contextlib.suppress(ValueError, IndexError):  # none yet, or half written
+            latest[path.parent.name] = json.loads(lines[-1])
+    return latest
+
+
+def _raylets() -> dict[str, int]:
+    """The pid of each raylet on this machine, by the id of its node."""
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            node = [a.split(b"=", 1)[1] for a in argv if a.startswith(b"--node_id=")]
+            if argv[0].endswith(b"raylet") and node:
+                found[node[0].decode()] = int(proc.name)
+    return found
 
 
 def test_tracking_server_script_serves_on_localhost_only(tmp_path: Path):

@@ -14,6 +14,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import (
     CLASSES,
     free_port,
@@ -27,7 +28,20 @@ from mlflow.tracking import MlflowClient
 from search.predict import main as predict
 from search.report import main as report
 from search.snapshots import KEPT
-from trainables.images import decode
+from search.space import load_space
+from search.tracking import BEST_TRIAL_ID, TRIAL_ID
+from trainables.checkpoint import OPTIMIZER_FILE, STATE_FILE
+from trainables.data import list_images
+from trainables.images import decode, load_arrays
+
+
+def _accuracy(model, space_file: Path, split: str) -> float:
+    """`model`'s accuracy on a split of the space's data, computed here, apart from the search."""
+    space = load_space(space_file)
+    listing = list_images(space.data, space.seed)
+    arrays = load_arrays(listing.splits[split], 12, space.data.color_mode, space.data.cache_dir)
+    predicted = model.predict(arrays.images.astype(np.float32), verbose=0).argmax(axis=1)
+    return float(np.mean(predicted == arrays.labels))
 
 
 def test_search_records_every_trial_and_registers_the_best(finished_search) -> None:
@@ -61,7 +75,7 @@ def test_search_records_every_trial_and_registers_the_best(finished_search) -> N
     version = client.get_model_version("tiny", "1")
     best = client.get_run(version.run_id)
     assert best.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert 0.0 <= best.data.metrics["test_accuracy"] <= 1.0
+    assert best.data.tags[TRIAL_ID] == parent.data.tags[BEST_TRIAL_ID]
     # per-class metrics under names MLflow takes; the class names as they are in the model
     assert {"test_f1_circle", "test_f1_Tiger_s Eye"} <= set(best.data.metrics)
     mlflow.set_tracking_uri(finished_search.tracking_uri)
@@ -70,6 +84,16 @@ def test_search_records_every_trial_and_registers_the_best(finished_search) -> N
     assert {"test_confusion_matrix.png", "test_classification_report.json"} <= artifacts
     model = mlflow.tensorflow.load_model("models:/tiny/1")
     assert model.output_shape == (None, 3)
+    # the registered model is the best trial's best epoch: on the validation split it scores
+    # the best val_accuracy of the search, and its logged test accuracy is what it scores
+    curves = {c.data.tags[TRIAL_ID]: [m.value for m in client.get_metric_history(
+        c.info.run_id, "val_accuracy")] for c in children}
+    best_val = max(max(curve, default=0.0) for curve in curves.values())
+    assert _accuracy(model, finished_search.space, "validation") == \
+        pytest.approx(best_val, abs=1e-6)
+    test_accuracy = _accuracy(model, finished_search.space, "test")
+    assert best.data.metrics["test_accuracy"] == pytest.approx(test_accuracy, abs=1e-6)
+    assert parent.data.metrics["test_accuracy"] == pytest.approx(test_accuracy, abs=1e-6)
     requirements = Path(mlflow.artifacts.download_artifacts(
         "models:/tiny/1/requirements.txt")).read_text().split()
     assert {r.split("==")[0] for r in requirements} >= {"mlflow", "tensorflow", "keras"}
@@ -87,16 +111,20 @@ def test_search_records_every_trial_and_registers_the_best(finished_search) -> N
     assert table.loc[table["baseline"] == "diverges", "status"].item() == "failed"
     assert {"epochs_run", "best_val_accuracy", "wall_s", "learning_rate"} <= set(table.columns)
 
-    # an ended trial keeps its best checkpoint and its latest (none for a trial that
-    # diverged before its first report), not one per epoch
+    # an ended trial keeps one checkpoint: its first epoch of best val_accuracy, without the
+    # optimizer's state (none for a trial that diverged before its first report)
     trial_folders = [p for p in finished_search.storage.glob("*/part-1/*")
                      if p.is_dir() and p.name != KEPT]
-    assert {p.name for p in trial_folders} == set(table["trial_id"])  # short: the trial id
+    assert {p.name for p in trial_folders} == set(table["trial_id"]) == set(curves)
     assert len(trial_folders) == 5 and table["epochs_run"].max() > 2
-    counts = sorted(len(list(f.glob("checkpoint_*"))) for f in trial_folders)
-    unreported = int((table["epochs_run"] == 0).sum())
-    assert unreported >= 1 and counts[:unreported] == [0] * unreported, (counts, unreported)
-    assert all(1 <= n <= 2 for n in counts[unreported:]), counts
+    assert [] in curves.values()  # the diverging baseline's
+    for folder in trial_folders:
+        kept, curve = list(folder.glob("checkpoint_*")), curves[folder.name]
+        assert len(kept) == (1 if curve else 0), (folder.name, kept, curve)
+        if kept:
+            assert not (kept[0] / OPTIMIZER_FILE).exists()
+            epoch = json.loads((kept[0] / STATE_FILE).read_text())["epoch"]
+            assert epoch == curve.index(max(curve)) + 1, (folder.name, epoch, curve)
 
 
 def test_report_reads_the_search_back_from_mlflow(finished_search, capsys) -> None:
@@ -123,10 +151,16 @@ def test_registered_model_classifies_new_photos(finished_search, tmp_path: Path,
     uri = finished_search.tracking_uri
     assert predict(["models:/tiny/latest", str(photos), "--tracking-uri", uri]) == 1
     captured = capsys.readouterr()
-    lines = [ln.split("\t") for ln in captured.out.splitlines()]
-    assert len(lines) == 6 and all(ln[1] in CLASSES for ln in lines)
-    assert all(0.0 <= float(ln[2]) <= 1.0 for ln in lines)
+    printed = {Path(path).relative_to(photos): (cls, p) for path, cls, p in
+               (ln.split("\t") for ln in captured.out.splitlines())}
     assert "broken.jpg: unreadable, skipped" in captured.err
+    # each photo's class and probability, as the registered model gives them
+    files = sorted(photos.rglob("*.png"))
+    mlflow.set_tracking_uri(uri)
+    outputs = mlflow.tensorflow.load_model("models:/tiny/1").predict(
+        np.stack([decode(str(f), 12, "rgb") for f in files]).astype(np.float32), verbose=0)
+    assert printed == {f.relative_to(photos): (CLASSES[row.argmax()], f"{row.max():.3f}")
+                       for f, row in zip(files, outputs, strict=True)}
 
 
 def test_mlflow_serves_the_registered_model_over_http(finished_search, tmp_path: Path) -> None:

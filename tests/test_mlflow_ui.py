@@ -5,9 +5,9 @@ Set SCREENSHOT_DIR to keep the screenshots (the README's comes from here)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -100,5 +100,21 @@ def test_trials_are_listed_and_compared_in_the_mlflow_ui(finished_search, mlflow
     for name in ("learning_rate", "optimizer"):
         params.send_keys(name, Keys.ENTER)
     params.send_keys(Keys.ESCAPE)
-    time.sleep(1)  # the plot redraws
+    # the plot (plotly's parallel coordinates) has an axis for each
+    wanted = {"learning_rate", "optimizer", "val_accuracy"}
+    assert wanted <= _wait_for_axes(browser, wanted)
     _screenshot(browser, "mlflow_compare.png", tmp_path)
+
+
+def _wait_for_axes(driver, wanted: set[str], timeout: float = 60) -> set[str]:
+    """The titles of the parallel-coordinates plot's axes, once they include `wanted`."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def titles(d) -> set[str]:
+        return {e.text for e in d.find_elements(By.CSS_SELECTOR, ".parcoords .axis-title")}
+
+    with contextlib.suppress(TimeoutException):
+        WebDriverWait(driver, timeout).until(lambda d: wanted <= titles(d))
+    return titles(driver)

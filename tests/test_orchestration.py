@@ -8,7 +8,7 @@ import contextlib
 from pathlib import Path
 
 import pandas as pd
-from conftest import CLASSES, DATA, write_class_folders
+from conftest import write_curve_space
 from mlflow.tracking import MlflowClient
 
 from search.curve_trial import FAULT_EPOCH, curve_trial
@@ -16,28 +16,11 @@ from search.driver import Options, run_search
 from search.folder import SearchFolder
 from search.space import load_space
 
-SPACE = """
-name: curves
-seed: 0
-""" + DATA + """model:
-  image_size: 8
-  conv_blocks: 1
-  dense_layers: 1
-  conv_filters: {{type: choice, choices: [4, 8, 16]}}
-  dense_units: {{type: choice, choices: [8, 16, 32]}}
-train:
-  learning_rate: {{type: loguniform, low: 0.0001, high: 0.1}}
-  epochs: 8
-search:
-  num_samples: 16
-  max_concurrent: 4
-  max_failures: 1
-  resources: {{cpu: 0.5}}
-  asha: {{max_epochs: 8, grace_period: 2, reduction_factor: 2}}  # faults come at epoch 2
-baselines:  # run first: the trials told to die and to diverge
-  dies: {{conv_filters: [8], dense_units: [16], learning_rate: 0.001}}
-  diverges: {{conv_filters: [4], dense_units: [32], learning_rate: 0.05}}
-"""
+# faults come at epoch 2, before ASHA's first rung; the baselines run first
+ASHA = "{max_epochs: 8, grace_period: 2, reduction_factor: 2}"
+BASELINES = """baselines:
+  dies: {conv_filters: [8], dense_units: [16], learning_rate: 0.001}
+  diverges: {conv_filters: [4], dense_units: [32], learning_rate: 0.05}"""
 
 
 def test_a_search_of_curve_trials_with_faults_runs_through_every_part(
@@ -46,10 +29,8 @@ def test_a_search_of_curve_trials_with_faults_runs_through_every_part(
     `dies` has its worker killed at epoch 2 and goes on from its checkpoint in the same
     MLflow run; the baseline `diverges` fails alone."""
     monkeypatch.chdir(tmp_path)
-    root = write_class_folders(tmp_path / "data", 8, classes=CLASSES)
-    path = tmp_path / "curves.yaml"
-    path.write_text(SPACE.format(root=root, cache=tmp_path / "cache"))
-    space = load_space(path)
+    space = load_space(write_curve_space(tmp_path, epochs=8, num_samples=16, max_concurrent=4,
+                                         asha=ASHA, baselines=BASELINES))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     trial = curve_trial(epoch_s=0.05, nan_if=lambda p: p.get("baseline") == "diverges",
                         die_if=lambda p: p.get("baseline") == "dies")
