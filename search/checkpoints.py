@@ -109,6 +109,7 @@ class CheckpointPruner(tune.Callback):
         self._staged: list[tuple[bytes, dict[str, Kept]]] = []  # (digest, keeps), oldest first
         self._changed: set[Trial] = set()  # trials that checkpointed or ended since
         self._deleted: set[str] = set()  # paths deleted already, not to ask the storage again
+        self._views: dict[str, SavedViews] = {}  # by the folder the state is read from
 
     def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial,
                       checkpoint: tune.Checkpoint, **info: Any) -> None:
@@ -174,21 +175,38 @@ class CheckpointPruner(tune.Callback):
         try:
             with fs.open_input_stream(path) as stream:
                 text = stream.readall()
-            keeps = saved_views(text)
+            keeps = self._views.setdefault(folder, SavedViews())(text)
         except (OSError, ValueError):
             return False
         self._files[folder] = stamp
         return hashlib.blake2b(text).digest(), keeps
 
 
-def saved_views(text: bytes) -> dict[str, Kept]:
-    """What each trial needs as Tune's saved experiment state has it, by trial id."""
-    views = {}
-    for trial_json, metadata_json in json.loads(text)["trial_data"]:
-        trial = _loads_with_cloudpickle(trial_json)
-        manager = _TrainingRunMetadata.from_json_state(metadata_json).checkpoint_manager
-        views[trial["trial_id"]] = _view(trial["status"] == FINAL, manager)
-    return views
+class SavedViews:
+    """Reads what each trial needs as Tune's saved experiment state has it, by trial id,
+    decoding only the trials whose saved entry changed since the last read: a study's ended
+    trials stay in every state Tune saves, and decoding them all each time made the pruner's
+    cost per trial grow with the study."""
+
+    def __init__(self) -> None:
+        self._last: dict[bytes, tuple[str, Kept]] = {}  # by a digest of the trial's entry
+
+    def __call__(self, text: bytes) -> dict[str, Kept]:
+        views, read = {}, {}
+        for trial_json, metadata_json in json.loads(text)["trial_data"]:
+            key = hashlib.blake2b(f"{trial_json}\n{metadata_json}".encode(),
+                                  digest_size=16).digest()
+            trial_id, view = read[key] = self._last.get(key) or _decode(trial_json,
+                                                                        metadata_json)
+            views[trial_id] = view
+        self._last = read
+        return views
+
+
+def _decode(trial_json: str, metadata_json: str) -> tuple[str, Kept]:
+    trial = _loads_with_cloudpickle(trial_json)
+    manager = _TrainingRunMetadata.from_json_state(metadata_json).checkpoint_manager
+    return trial["trial_id"], _view(trial["status"] == FINAL, manager)
 
 
 def _name(checkpoint: Any) -> str:

@@ -3,6 +3,7 @@ each trial holds while a real local Tune runs a stand-in trainable."""
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import threading
@@ -11,13 +12,16 @@ from collections import defaultdict
 from pathlib import Path
 
 from ray import cloudpickle, tune
+from ray.train._internal.checkpoint_manager import _CheckpointManager
+from ray.tune.trainable.metadata import _TrainingRunMetadata
 
+from search import checkpoints
 from search.checkpoints import (
     CHECKPOINT_PREFIX,
     CheckpointPruner,
+    SavedViews,
     best_checkpoint,
     kept,
-    saved_views,
     thin,
 )
 from trainables.checkpoint import MODEL_FILE, OPTIMIZER_FILE, STATE_FILE
@@ -63,11 +67,32 @@ def test_a_checkpoint_goes_once_no_view_keeps_it_and_its_optimizer_once_none_res
     assert sorted(p.name for p in tmp_path.iterdir()) == [names[0], unregistered.name]
 
 
+def test_saved_views_decode_only_the_trials_whose_saved_entry_changed(monkeypatch) -> None:
+    def entry(trial_id: str, status: str) -> list[str]:  # as Tune saves a trial
+        metadata = _TrainingRunMetadata()
+        metadata.checkpoint_manager = _CheckpointManager(tune.CheckpointConfig())
+        return [json.dumps({"trial_id": trial_id, "status": status}),
+                metadata.get_json_state()]
+
+    def state(*entries: list[str]) -> bytes:
+        return json.dumps({"trial_data": list(entries)}).encode()
+
+    decoded: list[str] = []
+    decode = checkpoints._decode
+    monkeypatch.setattr(checkpoints, "_decode",
+                        lambda trial, metadata: decoded.append(trial) or decode(trial, metadata))
+    read = SavedViews()
+    assert set(read(state(entry("a", "RUNNING"), entry("b", "TERMINATED")))) == {"a", "b"}
+    later = state(entry("a", "TERMINATED"), entry("b", "TERMINATED"), entry("c", "PENDING"))
+    assert set(read(later)) == {"a", "b", "c"}
+    assert [json.loads(trial)["trial_id"] for trial in decoded] == ["a", "b", "a", "c"]  # b once
+
+
 def saved_latest(trial_dir: Path, trial_id: str) -> frozenset[str]:
     """The latest checkpoint Tune's saved experiment state names for the trial, if any."""
     states = sorted(trial_dir.parent.glob("experiment_state-*.json"))
     try:
-        views = saved_views(states[-1].read_bytes()) if states else {}
+        views = SavedViews()(states[-1].read_bytes()) if states else {}
     except ValueError:  # being copied
         return frozenset()
     return views[trial_id].resumable if trial_id in views else frozenset()
