@@ -42,7 +42,6 @@ def resume(folder: Path, config: TrialConfig) -> tuple[keras.Model, int]:
     """The trained part compiled with its optimizer as it was, and the epoch it reached."""
     trained = load_trained(folder)
     compile_model(trained, config)
-    trained.optimizer.build(trained.trainable_variables)
     with np.load(folder / OPTIMIZER_FILE) as state:
         trained.optimizer.load_own_variables(dict(state))
     return trained, json.loads((folder / STATE_FILE).read_text())["epoch"]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from search.space import load_space
 from trainables import checkpoint
@@ -93,6 +95,31 @@ def test_train_reports_every_epoch(head: str) -> None:
     assert reports[0]["trained_on"] == "pixels"  # no frozen part
     assert all(r["step_s"] > 0 for r in reports)
     assert reports[0]["trace_s"] > 0 and reports[1]["trace_s"] == reports[2]["trace_s"] == 0
+
+
+@pytest.mark.parametrize("head, backbone", [("softmax", "none"), ("sigmoid", "none"),
+                                            ("softmax", "vgg16")])  # a frozen part on pixels
+def test_training_makes_no_variable_inside_its_traced_steps(head: str, backbone: str) -> None:
+    """A variable made inside a traced step makes TensorFlow trace it twice (0.5 s of a
+    one-epoch trial): the metric and the optimizer are built before `fit`."""
+    frozen = backbone != "none"
+    config = TrialConfig(image_size=32 if frozen else 10, conv_blocks=1, conv_filters=(4,),
+                         conv_kernel_size=(3,), dense_units=(8,), batch_size=8, head=head,
+                         backbone=backbone, backbone_weights="none",
+                         augment=frozen, horizontal_flip=True)
+    made_in_trace = []
+
+    def creator(next_creator: Any, **kwargs: Any) -> Any:
+        if tf.inside_function():
+            made_in_trace.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    with tf.variable_creator_scope(creator):
+        reports: list[dict] = []
+        train(config, tiny_photos(12) if frozen else tiny_data(), lambda m, _: reports.append(m),
+              epochs=2)
+    assert [r["epoch"] for r in reports] == [1, 2] and reports[0]["trained_on"] == "pixels"
+    assert made_in_trace == []
 
 
 def test_diverging_loss_fails_the_trial() -> None:
