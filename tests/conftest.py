@@ -200,8 +200,7 @@ def tiny_space_file(tmp_path: Path) -> callable:
 def ray_local():
     import ray
     # "local": a new cluster for the tests, never one a `ray start` left on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # inherits TF_CPP_... above
     yield ray
     ray.shutdown()
 
