@@ -1,9 +1,10 @@
-"""`python -m benchmarks.run [scale] [--quick]`: the four benchmarks, a table of each, and
+"""`python -m benchmarks.run [scale|short] [--quick]`: the benchmarks, a table of each, and
 lines for scripts at the end (`overhead_share=`, `pipeline_speedup=`,
-`compute_to_match_random=`, and the scale benchmark's `results_per_s=`, `trial_cost_growth=`,
-`overhead_vs_ideal=`). `--quick` (under 25 minutes on 2 cores): 2 seeds of digits, 1 of
-shapes, a smaller pipeline set, 100 curve trials; the full run: 5 seeds of each, 2,000 curve
-trials. `scale` runs the scale benchmark alone."""
+`compute_to_match_random=`, the scale benchmark's `results_per_s=`, `trial_cost_growth=`,
+`overhead_vs_ideal=`, and the full run's `short_speedup=`). `--quick` (under 25 minutes on 2
+cores): 2 seeds of digits, 1 of shapes, a smaller pipeline set, 100 curve trials; the full
+run: 5 seeds of each, 2,000 curve trials, and short trials against KerasTuner
+(`benchmarks/short.py`, seeds 1-3). `scale` and `short` run that benchmark alone."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks import efficiency, overhead, pipeline, scale
+from benchmarks import efficiency, overhead, pipeline, scale, short
 from benchmarks.shapes import write_shapes
 from search.space import Fixed, Space, load_space
 
@@ -50,12 +51,14 @@ def print_overhead(o: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
-    p.add_argument("which", nargs="?", choices=["all", "scale"], default="all")
+    p.add_argument("which", nargs="?", choices=["all", "scale", "short"], default="all")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     trials = 100 if args.quick else 2000
     if args.which == "scale":
         return scale.main(["--trials", str(trials)])
+    if args.which == "short":
+        return short.main([])
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
     pd.set_option("display.width", 140)
     print(f"machine: {machine()}\n")
@@ -111,11 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n4. scale: {trials} curve trials through the real driver and an MLflow server")
     sc = scale.run(trials, concurrent=8)
     scale.print_report(sc)
+    speedup = None
+    if not args.quick:
+        print("\n5. short trials against KerasTuner, at equal epochs (digits, seeds 1-3)")
+        speedup = short.report(short.run(short.short_space(digits), [1, 2, 3]))
 
     print(f"\noverhead_share={o['overhead_share']:.3f}")
     print(f"pipeline_speedup={pl['speedup']:.2f}")
     print(f"compute_to_match_random={match.median():.3f}")
     scale.print_lines(sc)
+    if speedup is not None:
+        print(f"short_speedup={speedup:.2f}")
     return 0
 
 
