@@ -25,14 +25,17 @@ def _clock(seconds: float) -> str:
 
 @dataclass
 class Progress:
-    """What a search has done so far, out of `total` trials."""
+    """What a search has done so far, out of `total` trials (or, with an `epoch_budget`, out
+    of that many epochs in all, which then ends it)."""
 
     total: int
     started: float
+    epoch_budget: int | None = None
     running: set[str] = field(default_factory=set)
     completed: int = 0
     stopped: int = 0
     failed: int = 0
+    epochs: int = 0  # results reported: one per epoch
     best: tuple[float, str] | None = None  # (val_accuracy, trial id)
 
     @property
@@ -43,6 +46,7 @@ class Progress:
         self.running.add(trial_id)
 
     def result(self, trial_id: str, value: float) -> None:
+        self.epochs += 1
         if self.best is None or value > self.best[0]:
             self.best = (value, trial_id)
 
@@ -51,12 +55,21 @@ class Progress:
         self.running.discard(trial_id)
         setattr(self, how, getattr(self, how) + 1)
 
+    def _left_s(self, elapsed: float) -> float | None:
+        """Seconds left at the pace so far (concurrency included): per epoch against the
+        epoch budget, if there is one, else per finished trial; None before any."""
+        if self.epoch_budget:
+            return elapsed / self.epochs * (self.epoch_budget - self.epochs) \
+                if self.epochs else None
+        return elapsed / self.done * (self.total - self.done) if self.done else None
+
     def line(self, now: float) -> str:
         elapsed = now - self.started
-        left = self.total - self.done
-        # wall time per finished trial so far (concurrency included) times the trials left
-        eta = f"~{_clock(elapsed / self.done * left)} left" if self.done and left else \
-            "estimating time left" if left else "done"
+        ended = self.done >= self.total or bool(self.epoch_budget
+                                                and self.epochs >= self.epoch_budget)
+        left_s = self._left_s(elapsed)
+        eta = "done" if ended else "estimating time left" if left_s is None else \
+            f"~{_clock(left_s)} left"
         best = f"best {METRIC} {self.best[0]:.4f} ({self.best[1]})" if self.best else \
             f"no {METRIC} yet"
         return (f"[{_clock(elapsed)}] {self.done}/{self.total} trials done "
@@ -67,8 +80,9 @@ class Progress:
 class ProgressCallback(Callback):
     """Prints `Progress.line()` when a trial ends and at least every `every_s` seconds."""
 
-    def __init__(self, total: int, stopped: set[str], every_s: float = 30.0):
-        self.progress = Progress(total, time.monotonic())
+    def __init__(self, total: int, stopped: set[str], epoch_budget: int | None = None,
+                 every_s: float = 30.0):
+        self.progress = Progress(total, time.monotonic(), epoch_budget)
         self.stopped = stopped  # trial ids the scheduler stopped early (filled by it)
         self.every_s = every_s  # (no stream kept: Tune pickles its callbacks)
         self._printed = time.monotonic()

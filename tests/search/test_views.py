@@ -27,6 +27,20 @@ def test_progress_line_counts_trials_and_estimates_the_rest() -> None:
     assert p.line(3700.0).startswith("[1:00:00] 8/8 trials done") and p.line(0).endswith("done")
 
 
+def test_with_an_epoch_budget_the_estimate_is_by_epochs() -> None:
+    """A budgeted search ends at its budget, not at its (large) number of trials."""
+    p = Progress(total=1000, started=0.0, epoch_budget=75)
+    p.start("a")
+    assert "estimating time left" in p.line(5.0)
+    for _ in range(25):
+        p.result("a", 0.5)
+    p.end("a", "stopped")
+    assert "~0:20 left" in p.line(10.0)  # 25 epochs in 10 s: 50 left take 20 s
+    for _ in range(50):
+        p.result("b", 0.5)
+    assert p.line(30.0).endswith("done")
+
+
 def _study(n_trials: int) -> optuna.Study:
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=0))
