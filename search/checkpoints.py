@@ -211,7 +211,7 @@ def _decode(trial_json: str, metadata_json: str) -> tuple[str, Kept]:
 
 def _name(checkpoint: Any) -> str:
     """A checkpoint's folder name (Tune's own and `tune.Checkpoint` are typed apart)."""
-    return checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
+    return str(checkpoint.path).rstrip("/").rsplit("/", 1)[-1]
 
 
 def kept_checkpoint(result: tune.Result) -> tune.Checkpoint | None:

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: the driver may run on a machine with no display
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, classification_report
 
 
@@ -23,7 +24,7 @@ def predicted_classes(probabilities: np.ndarray) -> np.ndarray:
     """Class indices from a model's output: one sigmoid column or a softmax row per image."""
     if probabilities.shape[-1] == 1:
         return (probabilities[:, 0] >= 0.5).astype(np.int32)
-    return probabilities.argmax(axis=-1).astype(np.int32)
+    return np.asarray(probabilities.argmax(axis=-1), dtype=np.int32)
 
 
 def evaluate(labels: np.ndarray, predicted: np.ndarray,
@@ -36,16 +37,17 @@ def evaluate(labels: np.ndarray, predicted: np.ndarray,
 
 
 def confusion_figure(labels: np.ndarray, predicted: np.ndarray,
-                     classes: tuple[str, ...], title: str) -> plt.Figure:
+                     classes: tuple[str, ...], title: str) -> Figure:
     display = ConfusionMatrixDisplay.from_predictions(
         labels, predicted, labels=list(range(len(classes))), display_labels=list(classes),
         colorbar=False, xticks_rotation=45)
     display.ax_.set_title(title)
-    display.figure_.tight_layout()
-    return display.figure_
+    figure: Figure = display.figure_  # scikit-learn's attribute is untyped
+    figure.tight_layout()
+    return figure
 
 
-def curves_figure(histories: dict[str, Any], metric: str) -> plt.Figure:
+def curves_figure(histories: dict[str, Any], metric: str) -> Figure:
     """Every trial's per-epoch `metric` on one plot (the parent run's overview)."""
     fig, ax = plt.subplots(figsize=(8, 5))
     for label, history in histories.items():

@@ -20,6 +20,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage
@@ -87,7 +88,7 @@ class SearchFolder:
         if self._holder().get("pid") == os.getpid():
             (self.path / LOCK).unlink(missing_ok=True)
 
-    def _holder(self) -> dict:
+    def _holder(self) -> dict[str, Any]:
         try:
             return dict(json.loads((self.path / LOCK).read_text()))
         except (OSError, ValueError):

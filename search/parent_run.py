@@ -49,8 +49,8 @@ def record_results(client: MlflowClient, parent: str, table: pd.DataFrame,
     _log_study(client, parent, study)
 
 
-def _log_overview(client: MlflowClient, parent: str, table: pd.DataFrame, records: list,
-                  results_path: Path) -> None:
+def _log_overview(client: MlflowClient, parent: str, table: pd.DataFrame,
+                  records: list[TrialRecord], results_path: Path) -> None:
     client.log_artifact(parent, str(results_path))
     with tempfile.TemporaryDirectory() as folder:
         csv = Path(folder) / "results.csv"

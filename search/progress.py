@@ -91,23 +91,24 @@ class ProgressCallback(Callback):
         self._printed = time.monotonic()
         say(self.progress.line(self._printed))
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.progress.start(trial.trial_id)
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
+                        result: dict[str, Any], **info: Any) -> None:
         if METRIC in result:
             self.progress.result(trial.trial_id, result[METRIC])
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
+                          **info: Any) -> None:
         self.progress.end(trial.trial_id,
                           "stopped" if trial.trial_id in self.stopped else "completed")
         self._print()
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.progress.end(trial.trial_id, "failed")
         self._print()
 
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if time.monotonic() - self._printed >= self.every_s:
             self._print()

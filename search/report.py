@@ -79,8 +79,8 @@ def trials_text(table: pd.DataFrame) -> str:
     params = [c for c in table.columns if c not in SHOWN and c not in
               ("stopped_early", "val_accuracy", "accuracy", "error")]
     varying = [c for c in params if table[c].astype(str).nunique() > 1]
-    return table[SHOWN + varying].to_string(index=False, float_format=lambda v: f"{v:.4g}",
-                                            na_rep="-")
+    return str(table[SHOWN + varying].to_string(index=False, float_format=lambda v: f"{v:.4g}",
+                                                na_rep="-"))
 
 
 def artifacts_text(client: MlflowClient, parent: mlflow.entities.Run, outcome: Outcome) -> str:

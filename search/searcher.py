@@ -35,7 +35,7 @@ class RecordingASHA(ASHAScheduler):
         self.asha = asha
         self.stopped: set[str] = set()
 
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
         planned = self.asha.epochs_for(trial.config.get("epochs", self.asha.max_epochs))
         if decision == TrialScheduler.STOP and result[self._time_attr] < planned:
@@ -51,7 +51,7 @@ class EpochBudget(Stopper):
         self.epochs = epochs
         self.spent = 0
 
-    def __call__(self, trial_id: str, result: dict) -> bool:
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         self.spent += 1
         return False
 
@@ -68,7 +68,7 @@ class PruningOptunaSearch(OptunaSearch):
         self._scheduler = scheduler
         self._last_step: dict[str, int] = {}  # trial id -> last epoch reported to Optuna
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)
         if trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID, trial_id)
@@ -81,14 +81,14 @@ class PruningOptunaSearch(OptunaSearch):
         super().restore(checkpoint_path)
         self._scheduler = scheduler
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id in self._completed_trials:
             return
         with self._unless_finished(trial_id):
             super().on_trial_result(trial_id, result)
         self._last_step[trial_id] = result["training_iteration"]
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
         if trial_id in self._completed_trials:
             return

@@ -33,13 +33,13 @@ class SnapshotKeeper(Callback):
     def __init__(self) -> None:
         self._kept: float | None = None  # the staging snapshot's time when last kept
 
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         self._keep_new(trials)
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         self._keep_new(trials)  # after Tune's last snapshot, written as the part ends
 
-    def _keep_new(self, trials: list) -> None:
+    def _keep_new(self, trials: list[Any]) -> None:
         """Keep the staging snapshot if Tune wrote it since the last time."""
         if not trials:
             return

@@ -14,6 +14,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param, Run
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 from mlflow.tracking import MlflowClient
@@ -117,7 +118,7 @@ def start_parent_run(client: MlflowClient, experiment: str, run_name: str,
     return str(run.info.run_id)
 
 
-def log_figure(client: MlflowClient, run_id: str, figure: plt.Figure, name: str) -> None:
+def log_figure(client: MlflowClient, run_id: str, figure: Figure, name: str) -> None:
     """Log a matplotlib figure on a run and free it."""
     client.log_figure(run_id, figure, name, save_kwargs={"bbox_inches": "tight"})
     plt.close(figure)  # pyplot keeps every figure alive until closed

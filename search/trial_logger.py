@@ -47,7 +47,7 @@ class TrialRunLogger(MLflowLoggerCallback):
         # came back elsewhere) restores this callback as pickled, with the old address
         self.tracking_uri = mlflow.get_tracking_uri()
         self._lost: MlflowException | None = None  # MLflow's failure at a trial's end
-        super().setup(*args, **kwargs)
+        super().setup(*args, **kwargs)  # type: ignore[no-untyped-call]  # Ray's
         self._client = MlflowClient(self.tracking_uri)
         self._runs = {trial_id: run.info.run_id
                       for trial_id, run in trial_runs(self._client, self.parent_run_id).items()}
@@ -59,8 +59,10 @@ class TrialRunLogger(MLflowLoggerCallback):
         if run_id is not None:  # resumed after the driver was killed: continue the trial's run
             self._client.update_run(run_id, status="RUNNING")
         else:
+            experiment_id = self.mlflow_util.experiment_id
+            assert experiment_id is not None  # found or made by setup()
             run_id = self._client.create_run(
-                self.mlflow_util.experiment_id, run_name=str(trial),
+                experiment_id, run_name=str(trial),
                 tags={**(self.tags or {}), "trial_name": str(trial), TRIAL_ID: trial.trial_id}
             ).info.run_id
             self._runs[trial.trial_id] = run_id
@@ -69,7 +71,7 @@ class TrialRunLogger(MLflowLoggerCallback):
                 self._client.log_batch(run_id, params=params[start:start + MAX_PARAMS_PER_BATCH])
         self._trial_runs[trial] = run_id
 
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """A trial whose worker died: Tune retries it from its last checkpoint, in this run."""
         run_id = self._trial_runs.get(trial)
         if run_id is not None:
@@ -78,7 +80,7 @@ class TrialRunLogger(MLflowLoggerCallback):
                 tags["last_failure"] = _last_line(trial.error_file)
             self._client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+    def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
         run_id = self._trial_runs[trial]
         tags = {}
         if result.get(TRAINED_ON) and trial.trial_id not in self._tagged:
@@ -99,7 +101,7 @@ class TrialRunLogger(MLflowLoggerCallback):
             # raised at the next step it stops the search, as a failed epoch log does
             self._lost = exc
 
-    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if self._lost is not None:
             raise self._lost
 
@@ -115,7 +117,7 @@ class TrialRunLogger(MLflowLoggerCallback):
         self._client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
         self._ended.add(run_id)
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         """Trials the search ended before they did (an epoch budget spent) are KILLED, not
         left RUNNING forever."""
         for run_id in set(self._trial_runs.values()) - self._ended:

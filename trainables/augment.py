@@ -9,6 +9,7 @@ what ImageDataGenerator does."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import keras
 from keras import ops
@@ -21,17 +22,17 @@ class RandomAffine(keras.layers.Layer):
     def __init__(self, rotation: float = 0.0, width_shift: float = 0.0,
                  height_shift: float = 0.0, shear: float = 0.0, zoom: float = 0.0,
                  horizontal_flip: bool = False, fill_mode: str = "nearest",
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.rotation, self.width_shift, self.height_shift = rotation, width_shift, height_shift
         self.shear, self.zoom, self.horizontal_flip = shear, zoom, horizontal_flip
         self.fill_mode, self.seed = fill_mode, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def _uniform(self, n: int, limit: float):
+    def _uniform(self, n: int, limit: float) -> Any:
         return keras.random.uniform((n,), -limit, limit, seed=self.seed_generator)
 
-    def call(self, images, training: bool = True):
+    def call(self, images: Any, training: bool = True) -> Any:
         if not training:
             return images
         n = ops.shape(images)[0]
@@ -54,7 +55,7 @@ class RandomAffine(keras.layers.Layer):
         transform = ops.stack([a00, a01, b0, a10, a11, b1, zeros, zeros], axis=1)
         return ops.image.affine_transform(images, transform, fill_mode=self.fill_mode)
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "rotation": self.rotation,
                 "width_shift": self.width_shift, "height_shift": self.height_shift,
                 "shear": self.shear, "zoom": self.zoom,

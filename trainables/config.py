@@ -65,11 +65,11 @@ def _k(default: Any, section: str, kind: type, **rules: Any) -> Any:
 
 
 def _no_backbone(c: Mapping[str, Any]) -> bool:
-    return c["backbone"] == "none"
+    return bool(c["backbone"] == "none")
 
 
 def _has_backbone(c: Mapping[str, Any]) -> bool:
-    return c["backbone"] != "none"
+    return bool(c["backbone"] != "none")
 
 
 def _augmented(c: Mapping[str, Any]) -> bool:

@@ -79,7 +79,7 @@ def read_bytes(path: str) -> bytes:
 
         try:
             with tf.io.gfile.GFile(path, "rb") as f:
-                return f.read()
+                return bytes(f.read())
         except tf.errors.OpError as exc:  # not an OSError: make it one, as a local read's
             raise OSError(f"cannot read {path}: {exc.message}") from exc
     return Path(path).read_bytes()

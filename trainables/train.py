@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -53,7 +54,7 @@ class _ReportEachEpoch(keras.callbacks.Callback):
         self._began = 0.0
         self._traced: set[str] = set()
 
-    def _begin(self, batch: int, logs: dict | None = None) -> None:
+    def _begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._began = time.perf_counter()
 
     def _took(self, kind: str) -> None:
@@ -64,10 +65,10 @@ class _ReportEachEpoch(keras.callbacks.Callback):
             self._traced.add(kind)
             self._trace_s += seconds
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._took("train")
 
-    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+    def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._took("test")
 
     on_train_batch_begin = on_test_batch_begin = _begin

@@ -41,5 +41,5 @@ def contains(param: Param, value: Any) -> bool:
     if isinstance(param, Choice):
         return value in param.choices
     if isinstance(param, IntRange):
-        return param.low <= value <= param.high and (value - param.low) % param.step == 0
+        return bool(param.low <= value <= param.high and (value - param.low) % param.step == 0)
     return bool(param.low <= value <= param.high)

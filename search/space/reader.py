@@ -119,7 +119,7 @@ class Reader:
         raise self.fail(f"{path}.type", "expected one of choice, int, uniform, loguniform, "
                         f"got {kind!r}")
 
-    def range(self, key: Key, raw: dict, path: str, kind: str) -> Param:
+    def range(self, key: Key, raw: dict[str, Any], path: str, kind: str) -> Param:
         allowed = {"type", "low", "high"} | ({"step", "log"} if kind == "int" else set())
         self.mapping(raw, path, allowed)
         if key.kind not in (int, float) or kind == "int" and key.kind is not int:
