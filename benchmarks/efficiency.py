@@ -79,13 +79,15 @@ def curve_table(curves: list, marks: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows).groupby(["space", "method"])[marks].median()
 
 
-def run(spaces: list[Space], seeds: list[int]) -> tuple[pd.DataFrame, list]:
-    """Every method on every space and seed. Returns the runs table and the curves."""
+def run(spaces: list[Space], seeds: list[int],
+        methods: tuple[str, ...] = METHODS) -> tuple[pd.DataFrame, list]:
+    """Each of `methods` (Hyperband first: its epochs are the others' budget) on every space
+    and seed. Returns the runs table and the curves."""
     rows, curves = [], []
     for space in spaces:
         for seed in seeds:
             results: dict[str, dict[str, Any]] = {}
-            for method in METHODS:
+            for method in methods:
                 budget = results["hyperband"]["epochs"] if results else None
                 with tempfile.TemporaryDirectory() as folder:
                     result = run_method(space, method, seed, budget, Path(folder))
@@ -95,9 +97,11 @@ def run(spaces: list[Space], seeds: list[int]) -> tuple[pd.DataFrame, list]:
                 print(f"  {space.name} seed {seed} {method}: best val "
                       f"{result['best_val_accuracy']:.4f}, test {result['test_accuracy']:.4f}, "
                       f"{result['epochs']} epochs, {result['wall_s']:.0f} s", flush=True)
+            if "random" not in results:
+                continue
             ours = next(c for s, sd, m, c in curves
                         if (s, sd, m) == (space.name, seed, "tpe_asha"))
-            ours_row = rows[-len(METHODS) + METHODS.index("tpe_asha")]
+            ours_row = rows[-len(methods) + methods.index("tpe_asha")]
             ours_row["compute_to_match_random"] = compute_to_match(
                 ours, results["random"]["best_val_accuracy"], results["random"]["epochs"])
     return pd.DataFrame(rows), curves

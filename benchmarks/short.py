@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -28,18 +27,8 @@ def short_space(space: Space) -> Space:
 
 def run(space: Space, seeds: list[int]) -> pd.DataFrame:
     """Hyperband, then this search with Hyperband's epochs, for each seed: one row per run."""
-    rows = []
-    for seed in seeds:
-        budget = None
-        for method in ("hyperband", "tpe_asha"):
-            with tempfile.TemporaryDirectory() as folder:
-                result = efficiency.run_method(space, method, seed, budget, Path(folder))
-            result.pop("curve")
-            budget = budget or result["epochs"]
-            rows.append(result)
-            print(f"  seed {seed} {method}: {result['epochs']} epochs, {result['wall_s']:.1f} s, "
-                  f"test {result['test_accuracy']:.4f}", flush=True)
-    return pd.DataFrame(rows)
+    table, _ = efficiency.run([space], seeds, methods=("hyperband", "tpe_asha"))
+    return table
 
 
 def report(table: pd.DataFrame) -> float:
