@@ -55,21 +55,14 @@ class Progress:
         self.running.discard(trial_id)
         setattr(self, how, getattr(self, how) + 1)
 
-    def _left_s(self, elapsed: float) -> float | None:
-        """Seconds left at the pace so far (concurrency included): per epoch against the
-        epoch budget, if there is one, else per finished trial; None before any."""
-        if self.epoch_budget:
-            return elapsed / self.epochs * (self.epoch_budget - self.epochs) \
-                if self.epochs else None
-        return elapsed / self.done * (self.total - self.done) if self.done else None
-
     def line(self, now: float) -> str:
         elapsed = now - self.started
-        ended = self.done >= self.total or bool(self.epoch_budget
-                                                and self.epochs >= self.epoch_budget)
-        left_s = self._left_s(elapsed)
-        eta = "done" if ended else "estimating time left" if left_s is None else \
-            f"~{_clock(left_s)} left"
+        # the pace so far (concurrency included): epochs against the epoch budget, if there
+        # is one, else finished trials against all
+        done, of = (self.epochs, self.epoch_budget) if self.epoch_budget else \
+            (self.done, self.total)
+        eta = "done" if self.done >= self.total or done >= of else \
+            "estimating time left" if not done else f"~{_clock(elapsed / done * (of - done))} left"
         best = f"best {METRIC} {self.best[0]:.4f} ({self.best[1]})" if self.best else \
             f"no {METRIC} yet"
         return (f"[{_clock(elapsed)}] {self.done}/{self.total} trials done "
