@@ -12,8 +12,9 @@ class. VGG16 has random weights (the compute of ImageNet's, with no download).
    while it runs. At 64 px and 12 trials of up to 12 epochs (`--quick`: 8 trials of up to
    9), so that the path before the cache fits in minutes on 2 cores.
 
-3. The 30-trial search's folder at 224 px, projected from part 1's checkpoint sizes and the
-   most checkpoints a trial held in part 2 (a search of that size on pixels takes hours here).
+3. The 30-trial search's folder at 224 px, projected from part 1's checkpoint sizes, the
+   most checkpoints a trial held in part 2 and the most trials that held any at once (a
+   search of that size on pixels takes hours here).
 
 Ends with lines for scripts: `epoch_speedup=`, `search_speedup=`,
 `largest_checkpoint_mb=`, `peak_folder_mb=`, `projected_peak_224px_mb=`.
@@ -121,7 +122,8 @@ def search_figures(space: Space, feature_cache: bool, folder: Path) -> dict[str,
     space = dataclasses.replace(
         space, data=dataclasses.replace(space.data, cache_dir=folder / "cache"),
         search=dataclasses.replace(space.search, feature_cache=feature_cache))
-    storage, peak, held, done = folder / "ray", [0.0], [0], threading.Event()
+    storage, peak, held, holding = folder / "ray", [0.0], [0], [0]
+    done = threading.Event()
 
     def watch() -> None:
         while not done.wait(0.2):
@@ -129,6 +131,7 @@ def search_figures(space: Space, feature_cache: bool, folder: Path) -> dict[str,
                 peak[0] = max(peak[0], _size_mb(storage))
                 trials = Counter(c.parent for c in storage.glob(f"*/*/*/{CHECKPOINT_PREFIX}*"))
                 held[0] = max([held[0], *trials.values()])
+                holding[0] = max(holding[0], len(trials))
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -141,7 +144,7 @@ def search_figures(space: Space, feature_cache: bool, folder: Path) -> dict[str,
     table = outcome.table
     return {"wall_s": time.perf_counter() - started, "trials": len(table),
             "epochs": int(table["epochs_run"].sum()), "peak_folder_mb": peak[0],
-            "most_held": held[0],
+            "most_held": held[0], "most_trials_holding": holding[0],
             "final_folder_mb": _size_mb(storage),
             "on_features": int((table["trained_on"] == "features").sum()),
             "best_val_accuracy": float(table["best_val_accuracy"].max()),
@@ -187,17 +190,21 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['trials']} trials ({r['on_features']} on features), {r['epochs']} epochs, "
               f"folder peak {r['peak_folder_mb']:.1f} MB (at the end "
               f"{r['final_folder_mb']:.1f} MB), at most {r['most_held']} checkpoints a "
-              f"trial, best val {r['best_val_accuracy']:.3f}, test {r['test_accuracy']:.3f}")
+              f"trial and {r['most_trials_holding']} trials holding any at once, best val "
+              f"{r['best_val_accuracy']:.3f}, test {r['test_accuracy']:.3f}")
     frozen = epochs[0]
-    # at 224 px a flatten head is 12x larger than at 64: from part 1's checkpoints and the
-    # checkpoints a trial held above, what the report's 30 trials would need at most
+    # at 224 px a flatten head is 12x larger than at 64: from part 1's checkpoints and what
+    # the search above held at once, what the report's 30 trials would need at most (ended
+    # trials hold a checkpoint only while none beats them, however many trials the search has)
     kept, running = max(e["registrable_mb"] for e in epochs), max(e["checkpoint_mb"]
                                                                    for e in epochs)
-    projected = 30 * kept + space.search.max_concurrent * runs[True]["most_held"] * running
-    print(f"\n3. projected peak of the 30-trial search at 224 px (report 5's head): 30 ended "
-          f"trials x {kept:.0f} MB (a best without its optimizer's state) + "
-          f"{space.search.max_concurrent} running x {runs[True]['most_held']} checkpoints x "
-          f"{running:.0f} MB = {projected:.0f} MB")
+    concurrent, r = space.search.max_concurrent, runs[True]
+    ended = max(0, r["most_trials_holding"] - concurrent)
+    projected = ended * kept + concurrent * r["most_held"] * running
+    print(f"\n3. projected peak of the 30-trial search at 224 px (report 5's head): {ended} "
+          f"ended trials x {kept:.0f} MB (a best without its optimizer's state) + "
+          f"{concurrent} running x {r['most_held']} checkpoints x {running:.0f} MB = "
+          f"{projected:.0f} MB")
     print(f"\nepoch_speedup={frozen['pixels_epoch_s'] / frozen['features_epoch_s']:.1f}")
     print(f"search_speedup={runs[False]['wall_s'] / runs[True]['wall_s']:.2f}")
     print(f"largest_checkpoint_mb={max(e['checkpoint_mb'] for e in epochs):.1f}")

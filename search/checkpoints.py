@@ -7,10 +7,11 @@ experiment state names, which may be older than the latest Tune holds in memory.
 `CheckpointPruner` reads that saved state, as Tune's restore reads it, whenever it changes,
 and deletes each trial's checkpoints but its best and latest, in memory and as saved, as
 soon as either changes. A finished trial (as saved too) is never resumed: it keeps its best
-alone, without the optimizer's state. Tune's own `CheckpointConfig(num_to_keep=…)` deletes
-an older checkpoint
-as soon as a newer one is registered, before any saved state names the newer one: a driver
-killed then leaves a trial that cannot resume.
+alone, without the optimizer's state, and only while no other finished trial beats it (the
+search registers one model, its best trial's; equals all keep theirs). Tune's own
+`CheckpointConfig(num_to_keep=…)` deletes an older checkpoint as soon as a newer one is
+registered, before any saved state names the newer one: a driver killed then leaves a trial
+that cannot resume.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,8 +39,10 @@ CHECKPOINT_PREFIX = "checkpoint_"  # how Tune names a trial's checkpoint folders
 FINAL = Trial.TERMINATED
 
 
-def best_checkpoint(checkpoints: list[tuple[tune.Checkpoint, dict[str, Any]]]
-                    ) -> tune.Checkpoint | None:
+Checkpoints = list[tuple[tune.Checkpoint, dict[str, Any]]]  # (checkpoint, its metrics)
+
+
+def best_checkpoint(checkpoints: Checkpoints) -> tune.Checkpoint | None:
     """Of (checkpoint, metrics) pairs, the checkpoint with the best METRIC, the first of
     equals; None if none has it."""
     scored = [(checkpoint, metrics[METRIC]) for checkpoint, metrics in checkpoints
@@ -46,34 +50,51 @@ def best_checkpoint(checkpoints: list[tuple[tune.Checkpoint, dict[str, Any]]]
     return max(scored, key=lambda pair: pair[1])[0] if scored else None
 
 
+def best_score(checkpoints: Checkpoints) -> float:
+    """The best METRIC of (checkpoint, metrics) pairs; -inf if none has it."""
+    return max((metrics[METRIC] for _, metrics in checkpoints if METRIC in metrics),
+               default=-math.inf)
+
+
+def beaten(scores: dict[str, float]) -> set[str]:
+    """Of finished trials' best scores by trial id, the trials whose checkpoints no search
+    will register: those below the best (equals all stay)."""
+    top = max(scores.values(), default=-math.inf)
+    return {trial_id for trial_id, score in scores.items() if score < top}
+
+
 @dataclass(frozen=True)
 class Kept:
     """A trial's checkpoints (folder names) that must stay: `resumable` with the optimizer's
-    state, `registrable` at least with the model."""
+    state, `registrable` at least with the model; and whether the trial had `ended`."""
     resumable: frozenset[str]
     registrable: frozenset[str]
+    ended: bool = False
 
 
-def kept(final: bool, latest: tune.Checkpoint | None,
-         checkpoints: list[tuple[tune.Checkpoint, dict[str, Any]]]) -> Kept:
+def kept(final: bool, latest: tune.Checkpoint | None, checkpoints: Checkpoints) -> Kept:
     """What one view of a trial (Tune's, in memory or as saved) needs: its best, and its
     latest unless the trial is `final`."""
     best = best_checkpoint(checkpoints)
     return Kept(frozenset([_name(latest)] if latest and not final else []),
-                frozenset([_name(best)] if best else []))
+                frozenset([_name(best)] if best else []), final)
 
 
 def _view(final: bool, manager: Any) -> Kept:
     """What a trial needs as one of Tune's checkpoint managers (in memory or as saved) has it."""
     latest = manager.latest_checkpoint_result
-    return kept(final, latest.checkpoint if latest else None,
-                [(r.checkpoint, r.metrics) for r in manager.best_checkpoint_results])
+    return kept(final, latest.checkpoint if latest else None, _pairs(manager))
+
+
+def _pairs(manager: Any) -> Checkpoints:
+    """The (checkpoint, metrics) pairs one of Tune's checkpoint managers holds."""
+    return [(r.checkpoint, r.metrics) for r in manager.best_checkpoint_results]
 
 
 def thin(fs: FileSystem, trial_path: str, registered: list[str], views: list[Kept]) -> set[str]:
-    """Delete the `registered` checkpoints of a trial that no view keeps, and the optimizer's
-    state of those kept only to register; return the paths deleted. Folders Tune has not
-    registered are left alone: one may be being written."""
+    """Delete the `registered` checkpoints of a trial that no view keeps (all of them, given
+    no view), and the optimizer's state of those kept only to register; return the paths
+    deleted. Folders Tune has not registered are left alone: one may be being written."""
     resumable = frozenset().union(*(view.resumable for view in views))
     registrable = frozenset().union(*(view.registrable for view in views))
     deleted = set()
@@ -145,6 +166,7 @@ class CheckpointPruner(tune.Callback):
         changed = trials if staged or landed else list(self._changed)
         self._changed.clear()
         saved = [self._landed] + [keeps for _, keeps in self._staged]
+        dropped = self._beaten(trials) if staged or landed else set()
         for trial in changed:
             manager = trial.run_metadata.checkpoint_manager
             results = manager.best_checkpoint_results if manager else None
@@ -156,8 +178,21 @@ class CheckpointPruner(tune.Callback):
             self._deleted |= thin(
                 trial.storage.storage_filesystem, trial_path,
                 [name for name in names if f"{trial_path}/{name}" not in self._deleted],
+                [] if trial.trial_id in dropped else
                 [in_memory] + [keeps[trial.trial_id] for keeps in saved
                                if trial.trial_id in keeps])
+
+    def _beaten(self, trials: list[Trial]) -> set[str]:
+        """The finished trials another beats, of those that ended in memory and in the state
+        on the storage path (a resumed search runs neither again, and later states keep them
+        ended): their checkpoints go. The state that lands later can only add to them."""
+        scores = {}
+        for trial in trials:
+            saved = self._landed.get(trial.trial_id)
+            manager = trial.run_metadata.checkpoint_manager
+            if trial.status == FINAL and saved is not None and saved.ended and manager:
+                scores[trial.trial_id] = best_score(_pairs(manager))
+        return beaten(scores)
 
     def _read(self, folder: str, fs: FileSystem | None
               ) -> tuple[bytes, dict[str, Kept]] | None | Literal[False]:
@@ -215,16 +250,25 @@ def _name(checkpoint: Any) -> str:
 
 
 def kept_checkpoint(result: tune.Result) -> tune.Checkpoint | None:
-    """The checkpoint an ended trial keeps: its best-`val_accuracy` one, else its latest."""
-    return best_checkpoint(result.best_checkpoints or []) or result.checkpoint
+    """The checkpoint an ended trial keeps: its best-`val_accuracy` one, else its latest;
+    None if it has none, or no longer (another trial beat it)."""
+    checkpoint = best_checkpoint(result.best_checkpoints or []) or result.checkpoint
+    if checkpoint is None or \
+            result.filesystem.get_file_info(checkpoint.path).type == FileType.NotFound:
+        return None
+    return checkpoint
 
 
 def prune(grid: tune.ResultGrid) -> None:
-    """Once a Tune part has ended: delete each trial's checkpoints but its best, and the
-    best's optimizer state. Any folder goes, not only those Tune lists: a killed driver's
-    trials may have written some after its last saved state."""
-    for result in grid:  # type: ignore[attr-defined]  # ResultGrid iterates by __getitem__
-        best = kept_checkpoint(result)
+    """Once a Tune part has ended: delete the checkpoints of each trial another beats, and of
+    the others all but their best, and the best's optimizer state. Any folder goes, not only
+    those Tune lists: a killed driver's trials may have written some after its last saved
+    state."""
+    results = list(grid)  # type: ignore[call-overload]  # iterates by __getitem__
+    dropped = beaten({result.path: best_score(result.best_checkpoints or [])
+                      for result in results})
+    for result in results:
+        best = None if result.path in dropped else kept_checkpoint(result)
         folders = [info.base_name
                    for info in result.filesystem.get_file_info(FileSelector(result.path))
                    if info.type == FileType.Directory

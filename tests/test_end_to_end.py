@@ -111,16 +111,19 @@ def test_search_records_every_trial_and_registers_the_best(finished_search) -> N
     assert table.loc[table["baseline"] == "diverges", "status"].item() == "failed"
     assert {"epochs_run", "best_val_accuracy", "wall_s", "learning_rate"} <= set(table.columns)
 
-    # an ended trial keeps one checkpoint: its first epoch of best val_accuracy, without the
-    # optimizer's state (none for a trial that diverged before its first report)
+    # the best trial (and any equal to it) keeps one checkpoint: its first epoch of best
+    # val_accuracy, without the optimizer's state; the trials it beat keep none, nor does a
+    # trial that diverged before its first report
     trial_folders = [p for p in finished_search.storage.glob("*/part-1/*")
                      if p.is_dir() and p.name != KEPT]
     assert {p.name for p in trial_folders} == set(table["trial_id"]) == set(curves)
     assert len(trial_folders) == 5 and table["epochs_run"].max() > 2
     assert [] in curves.values()  # the diverging baseline's
+    assert sum(1 for folder in trial_folders if list(folder.glob("checkpoint_*"))) \
+        == sum(1 for curve in curves.values() if curve and max(curve) == best_val) >= 1
     for folder in trial_folders:
         kept, curve = list(folder.glob("checkpoint_*")), curves[folder.name]
-        assert len(kept) == (1 if curve else 0), (folder.name, kept, curve)
+        assert len(kept) == (1 if curve and max(curve) == best_val else 0), (folder.name, curve)
         if kept:
             assert not (kept[0] / OPTIMIZER_FILE).exists()
             epoch = json.loads((kept[0] / STATE_FILE).read_text())["epoch"]

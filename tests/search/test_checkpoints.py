@@ -20,8 +20,11 @@ from search.checkpoints import (
     CHECKPOINT_PREFIX,
     CheckpointPruner,
     SavedViews,
+    beaten,
     best_checkpoint,
+    best_score,
     kept,
+    kept_checkpoint,
     thin,
 )
 from trainables.checkpoint import MODEL_FILE, OPTIMIZER_FILE, STATE_FILE
@@ -41,6 +44,15 @@ def test_best_checkpoint_is_the_first_with_the_highest_val_accuracy(tmp_path) ->
 def test_no_checkpoint_without_the_metric(tmp_path) -> None:
     assert best_checkpoint([]) is None
     assert best_checkpoint([(tune.Checkpoint(str(tmp_path)), {"loss": 0.1})]) is None
+
+
+def test_finished_trials_below_the_best_are_beaten_and_equals_all_stay(tmp_path) -> None:
+    checkpoint = tune.Checkpoint(str(tmp_path))
+    assert best_score([(checkpoint, {"val_accuracy": 0.5}), (checkpoint, {"val_accuracy": 0.7})]) \
+        == 0.7
+    scores = {"a": 0.9, "b": 0.95, "c": 0.95, "d": best_score([(checkpoint, {"loss": 0.1})])}
+    assert beaten(scores) == {"a", "d"}
+    assert beaten({"a": 0.9}) == set() and beaten({}) == set()
 
 
 def test_a_checkpoint_goes_once_no_view_keeps_it_and_its_optimizer_once_none_resumes_it(
@@ -99,7 +111,8 @@ def saved_latest(trial_dir: Path, trial_id: str) -> frozenset[str]:
 
 
 def stand_in(config: dict) -> None:
-    """Reports ACCURACIES with a checkpoint shaped like a trial's, each once Tune's saved
+    """Reports ACCURACIES (plus the config's `offset`) with a checkpoint shaped like a
+    trial's, each once Tune's saved
     state names the one before: how far that state lags depends on the machine's load, and
     a checkpoint it names is kept until a later one is named."""
     context = tune.get_context()
@@ -113,7 +126,7 @@ def stand_in(config: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
             for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
                 (Path(folder) / name).write_bytes(b"0" * 10_000)
-            tune.report({"val_accuracy": accuracy, "epoch": epoch},
+            tune.report({"val_accuracy": accuracy + config["offset"], "epoch": epoch},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
 
@@ -122,7 +135,8 @@ def test_no_trial_ever_holds_more_than_resuming_and_registering_need(
     """A watcher lists every trial's checkpoints while the search runs: a trial holds its
     best and its latest, the latest Tune's saved state names (one behind here), and the one
     being written, against 14 without the pruner; once it ends, its best alone, without the
-    optimizer's state."""
+    optimizer's state, and nothing once another trial beats it (here the first trial, its
+    accuracies 0.05 below the two others')."""
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0.5")  # several saved states a trial
     most: dict[str, int] = defaultdict(int)
     seen: dict[str, set[str]] = defaultdict(set)
@@ -142,7 +156,7 @@ def test_no_trial_ever_holds_more_than_resuming_and_registering_need(
     watcher.start()
     try:
         grid = tune.Tuner(
-            stand_in, tune_config=tune.TuneConfig(num_samples=3),
+            stand_in, param_space={"offset": tune.grid_search([0.0, 0.05, 0.05])},
             run_config=tune.RunConfig(name="pruned", storage_path=str(tmp_path), verbose=0,
                                       callbacks=[CheckpointPruner()])).fit()
     finally:
@@ -154,7 +168,14 @@ def test_no_trial_ever_holds_more_than_resuming_and_registering_need(
     # best, latest, the one before it (until the driver reads the state that names the
     # latest), the one being written, and one being deleted as the watcher lists it
     assert max(most.values()) <= 5, most
-    for result in grid:
-        folders = sorted(Path(result.path).glob(f"{CHECKPOINT_PREFIX}*"))
-        assert [f.name for f in folders] == [f"{CHECKPOINT_PREFIX}000001"]  # epoch 2's
-        assert sorted(p.name for p in folders[0].iterdir()) == [MODEL_FILE, STATE_FILE]
+    for pruned_as_the_part_ends in (False, True):  # by the pruner, then by `prune` too
+        if pruned_as_the_part_ends:
+            checkpoints.prune(grid)
+        for result in grid:
+            folders = sorted(Path(result.path).glob(f"{CHECKPOINT_PREFIX}*"))
+            if result.config["offset"] == 0.0:
+                assert folders == [] and kept_checkpoint(result) is None
+                continue
+            assert [f.name for f in folders] == [f"{CHECKPOINT_PREFIX}000001"]  # epoch 2's
+            assert sorted(p.name for p in folders[0].iterdir()) == [MODEL_FILE, STATE_FILE]
+            assert kept_checkpoint(result) is not None
