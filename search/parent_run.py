@@ -58,7 +58,7 @@ def _log_overview(client: MlflowClient, parent: str, table: pd.DataFrame,
         client.log_artifact(parent, str(csv))
     histories = {r.trial_id + (f" ({r.config['baseline']})" if r.config.get("baseline") else ""):
                  r.history for r in records}
-    log_figure(client, parent, curves_figure(histories, METRIC), "val_accuracy_curves.png")
+    log_figure(client, curves_figure(histories, METRIC), "val_accuracy_curves.png", parent)
     counts = table["status"].value_counts()
     for status in ("completed", "stopped", "failed"):
         client.log_metric(parent, f"trials_{status}", float(counts.get(status, 0)))
@@ -72,4 +72,4 @@ def _log_study(client: MlflowClient, parent: str, study: optuna.Study) -> None:
     if importances:
         client.log_dict(parent, importances, "optuna_param_importances.json")
     for name, figure in study_figures(study).items():
-        log_figure(client, parent, figure, name)
+        log_figure(client, figure, name, parent)

@@ -69,9 +69,9 @@ def evaluate_and_register(space: Space, listing: Listing, result: Any, trial_id:
     for target in (run_id, parent):
         client.log_metric(target, f"{split}_accuracy", test["accuracy"])
         client.log_dict(target, test["report"], f"{split}_classification_report.json")
-        log_figure(client, target, confusion_figure(arrays.labels, predicted, listing.classes,
-                                                    f"{space.name}: {split} split"),
-                    f"{split}_confusion_matrix.png")
+    log_figure(client, confusion_figure(arrays.labels, predicted, listing.classes,
+                                        f"{space.name}: {split} split"),
+               f"{split}_confusion_matrix.png", run_id, parent)
     names = class_metric_names(f"{split}_f1_", listing.classes)
     for name, cls in zip(names, listing.classes, strict=True):
         client.log_metric(run_id, name, test["report"][cls]["f1-score"])

@@ -8,8 +8,10 @@ here: this is tested on a SQLite store alone."""
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -118,7 +120,11 @@ def start_parent_run(client: MlflowClient, experiment: str, run_name: str,
     return str(run.info.run_id)
 
 
-def log_figure(client: MlflowClient, run_id: str, figure: Figure, name: str) -> None:
-    """Log a matplotlib figure on a run and free it."""
-    client.log_figure(run_id, figure, name, save_kwargs={"bbox_inches": "tight"})
+def log_figure(client: MlflowClient, figure: Figure, name: str, *run_ids: str) -> None:
+    """Log a matplotlib figure on each run, drawn once, and free it."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        figure.savefig(path, bbox_inches="tight")
+        for run_id in run_ids:
+            client.log_artifact(run_id, str(path))
     plt.close(figure)  # pyplot keeps every figure alive until closed
