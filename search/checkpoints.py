@@ -42,18 +42,22 @@ FINAL = Trial.TERMINATED
 Checkpoints = list[tuple[tune.Checkpoint, dict[str, Any]]]  # (checkpoint, its metrics)
 
 
+def _scored(checkpoints: Checkpoints) -> list[tuple[tune.Checkpoint, float]]:
+    """(checkpoint, its METRIC) of the pairs that have it, in order."""
+    return [(checkpoint, metrics[METRIC]) for checkpoint, metrics in checkpoints
+            if METRIC in metrics]
+
+
 def best_checkpoint(checkpoints: Checkpoints) -> tune.Checkpoint | None:
     """Of (checkpoint, metrics) pairs, the checkpoint with the best METRIC, the first of
     equals; None if none has it."""
-    scored = [(checkpoint, metrics[METRIC]) for checkpoint, metrics in checkpoints
-              if METRIC in metrics]
+    scored = _scored(checkpoints)
     return max(scored, key=lambda pair: pair[1])[0] if scored else None
 
 
 def best_score(checkpoints: Checkpoints) -> float:
     """The best METRIC of (checkpoint, metrics) pairs; -inf if none has it."""
-    return max((metrics[METRIC] for _, metrics in checkpoints if METRIC in metrics),
-               default=-math.inf)
+    return max((score for _, score in _scored(checkpoints)), default=-math.inf)
 
 
 def beaten(scores: dict[str, float]) -> set[str]:

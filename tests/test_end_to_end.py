@@ -119,8 +119,6 @@ def test_search_records_every_trial_and_registers_the_best(finished_search) -> N
     assert {p.name for p in trial_folders} == set(table["trial_id"]) == set(curves)
     assert len(trial_folders) == 5 and table["epochs_run"].max() > 2
     assert [] in curves.values()  # the diverging baseline's
-    assert sum(1 for folder in trial_folders if list(folder.glob("checkpoint_*"))) \
-        == sum(1 for curve in curves.values() if curve and max(curve) == best_val) >= 1
     for folder in trial_folders:
         kept, curve = list(folder.glob("checkpoint_*")), curves[folder.name]
         assert len(kept) == (1 if curve and max(curve) == best_val else 0), (folder.name, curve)
