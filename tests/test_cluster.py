@@ -143,8 +143,10 @@ def _wait_for_nodes(address: str, env: dict, count: int, timeout_s: float = 120)
 def test_search_on_a_two_node_cluster_logs_to_a_tracking_server(two_node_cluster,
                                                                 tmp_path: Path):
     address, env = two_node_cluster
-    # trials long enough that the second node's worker is up before the first runs them all
-    space = write_space(tmp_path, num_samples=4, epochs=20)
+    # trials long enough that the second node's worker is up before the first runs them all:
+    # with reuse_actors, a trial still waiting for its worker to start takes the first node's
+    # worker once that one's trial ends (20 epochs, 2.5 s a trial, lost that race on CI)
+    space = write_space(tmp_path, num_samples=4, epochs=80)
     with running_mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path,
                                tmp_path / "mlflow.log") as url:
         done = subprocess.run(
