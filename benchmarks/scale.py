@@ -169,14 +169,16 @@ def run(trials: int, concurrent: int, epochs: int = 20, epoch_s: float = 0.05) -
             started = time.perf_counter()
             outcome = run_search(space, Options(url, folder / "ray"),
                                  curve_trial(epoch_s=epoch_s), register=None)
-            wall = time.perf_counter() - started
-    return summarise(meter, outcome.table, wall, concurrent, epoch_s)
+            ended = time.perf_counter()
+    return summarise(meter, outcome.table, started, ended, concurrent, epoch_s)
 
 
-def summarise(meter: Meter, table: Any, wall: float, concurrent: int,
+def summarise(meter: Meter, table: Any, started: float, ended: float, concurrent: int,
               epoch_s: float) -> dict[str, Any]:
     """The figures: per fifth of the trials (by the order they ended), results per second
-    and the driver's CPU seconds per result and per trial; the whole run's against ideal."""
+    and the driver's CPU seconds per result and per trial; the whole run's against ideal,
+    and how much of it came before the first trial and after the last."""
+    wall = ended - started
     ends = [i for i, (kind, _, _) in enumerate(meter.events) if kind == "end"]
     fifths = []
     bounds = [0] + [ends[len(ends) * k // 5 - 1] for k in range(1, 6)]
@@ -197,6 +199,8 @@ def summarise(meter: Meter, table: Any, wall: float, concurrent: int,
         if len(growth) > 1 else float("nan")
     return {
         "trials": len(table), "results": results, "wall_s": wall, "ideal_s": ideal,
+        "before_first_trial_s": meter.events[0][1] - started,
+        "after_last_trial_s": ended - meter.events[-1][1],
         "overhead_vs_ideal": wall / ideal - 1, "results_per_s": results / wall,
         "fifths": fifths, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_growth_mb_per_1000_trials": per_1000,
@@ -213,6 +217,9 @@ def print_report(r: dict[str, Any]) -> None:
           f"{r['epoch_s'] * 1000:.0f} ms per epoch")
     print(f"wall {r['wall_s']:.0f} s against ideal {r['ideal_s']:.0f} s "
           f"(trials' own time / concurrency): overhead {r['overhead_vs_ideal']:.0%}")
+    print(f"of which {r['before_first_trial_s']:.0f} s before the first trial started (Ray, "
+          f"the search's folder and parent run) and {r['after_last_trial_s']:.0f} s after the "
+          f"last ended (results, Optuna's views, MLflow checked against Ray)")
     print(f"results per second: {r['results_per_s']:.0f} over the run")
     print("by fifth of the trials (in the order they ended):")
     for f in r["fifths"]:
