@@ -18,8 +18,8 @@ class SearchTrials:
 
 
 def read_trials(results_path: str, tracking_uri: str, parent_run_id: str) -> SearchTrials:
-    frames = [pd.read_csv(p) for p in Path(results_path).parent.glob("part-*/*/progress.csv")
-              if p.stat().st_size]
+    frames = [pd.read_json(p, lines=True)
+              for p in Path(results_path).parent.glob("part-*/*/result.json") if p.stat().st_size]
     epochs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     client = MlflowClient(tracking_uri)
     parent = client.get_run(parent_run_id)

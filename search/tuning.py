@@ -13,6 +13,7 @@ from typing import Any
 
 import optuna
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from search.checkpoints import CheckpointPruner, prune
 from search.console import say
@@ -42,6 +43,9 @@ def run_parts(space: Space, listing: Listing, folder: SearchFolder, trainable: T
     new search; the difference, when --num-samples raises a finished search's count). Each
     trial is `trainable(config, space=, listing=, search_folder=)` on its share of a node."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its reporter prints a banner at verbose=0
+    # Tune's own loggers would write each result three times, in the driver's loop: as JSON
+    # (which its results are read back from: kept, in _new_part), CSV and TensorBoard
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     resources = {"cpu": space.search.resources.cpu, "gpu": space.search.resources.gpu}
     trial = tune.with_resources(tune.with_parameters(
         trainable, space=space, listing=listing, search_folder=folder.path), resources)
@@ -112,7 +116,7 @@ def _new_part(space: Space, folder: SearchFolder, trainable: Any, num_samples: i
             # down to what resuming and registering need (search/checkpoints.py); the keeper
             # keeps a whole copy of Tune's snapshot (search/snapshots.py)
             callbacks=[logger, ProgressCallback(num_samples, scheduler.stopped, epoch_budget),
-                       CheckpointPruner(), SnapshotKeeper()], verbose=0,
+                       CheckpointPruner(), SnapshotKeeper(), JsonLoggerCallback()], verbose=0,
             # a trial whose worker died is retried from its latest checkpoint
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
         ),
