@@ -17,6 +17,8 @@ from search.objective import METRIC
 from trainables.config import BASELINE_KEY
 from trainables.metrics import TRAINED_ON
 
+NUMBER = r"\d+(?:\.\d+)?(?:e[-+]?\d+)?"  # an epoch, a metric's value, a size
+
 
 @dataclass(frozen=True)
 class TrialRecord:
@@ -103,6 +105,10 @@ def all_failed(table: pd.DataFrame) -> bool:
 
 
 def commonest_failure(table: pd.DataFrame) -> tuple[str, int]:
-    """The error most failed trials ended with, and how many did."""
-    errors = table.loc[table["status"] == "failed", "error"].value_counts()
-    return str(errors.index[0]), int(errors.iloc[0])
+    """The error most failed trials ended with, and how many did. Errors that differ only in
+    their numbers are one failure (a loss that diverged at epoch 1 or 3, at whatever values),
+    shown by the first trial's message."""
+    errors = table.loc[table["status"] == "failed", "error"].astype(str)
+    kinds = errors.str.replace(NUMBER, "#", regex=True)
+    commonest = kinds.value_counts().index[0]
+    return str(errors[kinds == commonest].iloc[0]), int((kinds == commonest).sum())

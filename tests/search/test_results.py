@@ -53,6 +53,18 @@ def test_status_is_failed_then_stopped_then_completed() -> None:
     assert all_failed(table_of()) is False  # no trial ran: not "every trial failed"
 
 
+def test_failures_that_differ_only_in_numbers_are_counted_as_one() -> None:
+    def failed(trial_id: str, error: str) -> TrialRecord:
+        return TrialRecord(trial_id, {}, pd.DataFrame(), 1.0, error=error)
+
+    table = table_of(
+        failed("a", "metrics not finite at epoch 1: {'loss': nan, 'accuracy': 0.375}"),
+        failed("b", "out of memory"),
+        failed("c", "metrics not finite at epoch 3: {'loss': nan, 'accuracy': 3.1e-05}"))
+    assert commonest_failure(table) == \
+        ("metrics not finite at epoch 1: {'loss': nan, 'accuracy': 0.375}", 2)
+
+
 def test_rows_go_best_first_by_best_epoch_ties_kept_in_order_failed_last() -> None:
     table = table_of(
         TrialRecord("late", {}, curve([0.5, 0.9, 0.6]), 1.0),  # final 0.6, best 0.9
