@@ -4,6 +4,7 @@ each trial holds while a real local Tune runs a stand-in trainable."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from ray import cloudpickle, tune
 from ray.train._internal.checkpoint_manager import _CheckpointManager
+from ray.tune.execution.tune_controller import TuneController
 from ray.tune.trainable.metadata import _TrainingRunMetadata
 
 from search import checkpoints
@@ -128,6 +130,27 @@ def stand_in(config: dict) -> None:
                 (Path(folder) / name).write_bytes(b"0" * 10_000)
             tune.report({"val_accuracy": accuracy + config["offset"], "epoch": epoch},
                         checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def test_the_newest_state_is_found_again_only_when_the_folder_changes(tmp_path,
+                                                                     monkeypatch) -> None:
+    pruner, folder = CheckpointPruner(), str(tmp_path)
+    state = TuneController.CKPT_FILE_TMPL.format
+    listings, listdir = [], os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path: listings.append(path) or listdir(path))
+    (tmp_path / "a1b2c3d4").mkdir()  # a trial's folder
+    assert pruner._newest_state(folder, None) is None
+    (tmp_path / state("2026-11-24_10-00-00")).write_text("{}")
+    # changed within the second: listed again, whatever the clock's tick
+    assert pruner._newest_state(folder, None) == f"{folder}/{state('2026-11-24_10-00-00')}"
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(tmp_path, ns=(an_hour_ago, an_hour_ago))
+    assert pruner._newest_state(folder, None) == f"{folder}/{state('2026-11-24_10-00-00')}"
+    before = len(listings)
+    assert pruner._newest_state(folder, None) == f"{folder}/{state('2026-11-24_10-00-00')}"
+    assert len(listings) == before  # unchanged for a second and more: not listed again
+    (tmp_path / state("2026-11-24_10-00-05")).write_text("{}")  # a new file: a new time
+    assert pruner._newest_state(folder, None) == f"{folder}/{state('2026-11-24_10-00-05')}"
 
 
 def test_no_trial_ever_holds_more_than_resuming_and_registering_need(
