@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import signal
 import socket
@@ -280,3 +281,19 @@ def running_mlflow_server(store_uri: str, folder: Path, log: Path):
         yield url
     finally:
         stop_mlflow_server(server)
+
+
+def trial_results(storage: Path) -> dict[str, list[dict]]:
+    """Each trial's reported results so far (Tune's result.json on the storage path, which
+    lags the driver by Tune's snapshot period), by trial id."""
+    found = {}
+    for path in storage.glob("*/part-*/*/result.json"):
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # being written
+        if rows:
+            found[rows[0]["trial_id"]] = rows
+    return found

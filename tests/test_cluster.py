@@ -4,7 +4,6 @@ real multi-node Ray cluster logging to a real MLflow tracking server."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -21,6 +20,7 @@ import yaml
 from conftest import (
     free_port,
     running_mlflow_server,
+    trial_results,
     wait_for_server,
     write_curve_space,
     write_space,
@@ -189,22 +189,27 @@ def test_a_node_lost_mid_search_loses_no_trial(tmp_path: Path):
     # the head runs no trial (as on a cluster whose head has no GPU): a lost worker node is
     # never the head
     with ray_cluster(tmp_path, head_cpus=0, workers=3) as (address, env), log.open("w") as out:
+        # result.json on the storage path lags the driver by Tune's snapshot period (10 s or
+        # more by default): ask for 1 s, and kill a node only under a trial 4 epochs (4 s)
+        # from its end, so that trial is still running
         driver = subprocess.Popen(
             [sys.executable, "-c", CURVE_DRIVER, str(space), uri, str(storage), address],
-            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
-        lost, moved = None, set()
+            env={**env, "TUNE_GLOBAL_CHECKPOINT_S": "1"}, cwd=tmp_path, stdout=out,
+            stderr=subprocess.STDOUT)
+        lost = None
         deadline = time.monotonic() + 300
         while lost is None and driver.poll() is None and time.monotonic() < deadline:
-            latest = _latest_results(storage)
-            midway = [r["node_id"] for r in latest.values() if 3 <= r["epoch"] < epochs]
+            midway = [rows[-1]["node_id"] for rows in trial_results(storage).values()
+                      if 3 <= rows[-1]["epoch"] <= epochs - 4]
             if midway:
                 lost = midway[0]
                 _kill_with_descendants(_raylets()[lost])
-                moved = {t for t, r in latest.items()
-                         if r["node_id"] == lost and r["epoch"] < epochs}
             time.sleep(0.2)
         code = driver.wait(timeout=max(deadline - time.monotonic(), 1))
     assert code == 0 and lost is not None, log.read_text()[-3000:]
+    # the trials that reported from the lost node, then ended elsewhere
+    moved = {t for t, rows in trial_results(storage).items()
+             if any(r["node_id"] == lost for r in rows) and rows[-1]["node_id"] != lost}
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("curves").experiment_id])
@@ -221,16 +226,6 @@ def test_a_node_lost_mid_search_loses_no_trial(tmp_path: Path):
             assert tags["ray_node_id"] != lost, tags
     parent = next(r for r in runs if r.data.tags.get("kind") == "search")
     assert parent.info.status == "FINISHED"
-
-
-def _latest_results(storage: Path) -> dict[str, dict]:
-    """Each trial's last result, as Tune has written it to the storage path, by trial id."""
-    latest = {}
-    for path in storage.glob("*/part-1/*/result.json"):
-        lines = path.read_text().splitlines()
-        with contextlib.suppress(ValueError, IndexError):  # none yet, or half written
-            latest[path.parent.name] = json.loads(lines[-1])
-    return latest
 
 
 def _raylets() -> dict[str, int]:

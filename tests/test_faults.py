@@ -4,7 +4,6 @@ the driver dies, a trial runs out of memory, the tracking server is not there.""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from conftest import (
     running_mlflow_server,
     start_mlflow_server,
     stop_mlflow_server,
+    trial_results,
     write_space,
 )
 from mlflow.tracking import MlflowClient
@@ -38,21 +38,6 @@ def frequent_snapshots(monkeypatch) -> None:
     """Tune copies its state and each trial's result.json to the storage path every 10 s or
     more; these tests watch result.json for the moment to kill, so they ask for 1 s."""
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_S))
-
-
-def results(storage: Path) -> dict[str, list[dict]]:
-    """Each trial's reported results so far (Tune's result.json), by trial id."""
-    found = {}
-    for path in storage.glob("*/part-*/*/result.json"):
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # being written
-        if rows:
-            found[rows[0]["trial_id"]] = rows
-    return found
 
 
 def trial_runs(uri: str, experiment: str) -> tuple[list, list]:
@@ -98,7 +83,7 @@ def test_dead_worker_is_retried_from_its_checkpoint_and_oom_fails_alone(
     def kill_a_worker_mid_trial() -> None:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            for trial_id, rows in results(storage).items():
+            for trial_id, rows in trial_results(storage).items():
                 if 2 <= rows[-1]["epoch"] < 30:  # wide: storage's result.json lags by 1 s
                     os.kill(rows[-1]["pid"], signal.SIGKILL)
                     killed.append(trial_id)
@@ -117,7 +102,7 @@ def test_dead_worker_is_retried_from_its_checkpoint_and_oom_fails_alone(
     # takes a report's metrics and then, in a second call to the worker, its checkpoint: a
     # worker killed between the two leaves that epoch logged but its checkpoint unknown to
     # Tune, and the retry trains that one epoch again
-    epochs = [row["epoch"] for row in results(storage)[trial_id]]
+    epochs = [row["epoch"] for row in trial_results(storage)[trial_id]]
     assert sorted(set(epochs)) == list(range(1, 41)) and len(epochs) <= 41, epochs
 
     parents, children = trial_runs(uri, "faults")
@@ -153,7 +138,7 @@ def test_killed_driver_resumes_then_the_finished_search_extends(ray_local, tmp_p
         # kill the driver once one trial has finished and another is part-way
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and driver.poll() is None:
-            now = results(storage)
+            now = trial_results(storage)
             finished = {t for t, rows in now.items() if rows[-1]["epoch"] == 10}
             midway = {t for t, rows in now.items() if 2 <= rows[-1]["epoch"] <= 9}
             if finished and midway:
@@ -168,7 +153,7 @@ def test_killed_driver_resumes_then_the_finished_search_extends(ray_local, tmp_p
         with contextlib.suppress(ProcessLookupError):  # whatever that driver started
             os.killpg(driver.pid, signal.SIGKILL)
     assert finished and midway, log.read_text()[-3000:]
-    before = results(storage)
+    before = trial_results(storage)
     # a kill while Tune copies its snapshot over the last one leaves part of it
     for path in storage.glob("*/part-1/*-state-*"):
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -176,9 +161,9 @@ def test_killed_driver_resumes_then_the_finished_search_extends(ray_local, tmp_p
     assert main([*args, "--resume"]) == 0, capsys.readouterr()
     assert "was cut short" in capsys.readouterr().out  # and the kept copy was read
     folder = SearchFolder.load(next(storage.glob("*/search.json")).parent)
-    after = {t: rows for t, rows in results(storage).items()
+    after = {t: rows for t, rows in trial_results(storage).items()
              if t in set(pd.read_parquet(folder.results_path)["trial_id"])}
-    assert len(after) == 4, sorted(results(storage))
+    assert len(after) == 4, sorted(trial_results(storage))
     # Tune resumes each trial as its last snapshot left it, from the latest checkpoint
     # the snapshot names: the epochs reported after the snapshot are trained again, but a
     # trial seen past its first epoch does not start over
@@ -235,7 +220,7 @@ def test_tracking_server_lost_mid_search_stops_cleanly_and_resume_writes_the_res
              "--storage-path", str(storage)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True)
         deadline = time.monotonic() + 300
-        while not results(storage) and time.monotonic() < deadline and driver.poll() is None:
+        while not trial_results(storage) and time.monotonic() < deadline and driver.poll() is None:
             time.sleep(0.01)
     finally:
         stop_mlflow_server(server)
@@ -248,7 +233,7 @@ def test_tracking_server_lost_mid_search_stops_cleanly_and_resume_writes_the_res
         assert main([str(space), "--tracking-uri", url, "--storage-path", str(storage),
                      "--resume"]) == 0, capsys.readouterr()
         parents, children = trial_runs(url, "faults")
-        epochs = {t: [row["epoch"] for row in rows] for t, rows in results(storage).items()}
+        epochs = {t: [row["epoch"] for row in rows] for t, rows in trial_results(storage).items()}
         assert len(parents) == 1 and parents[0].info.status == "FINISHED"
         assert len(children) == 3 and len(epochs) == 3
         for run in children:
@@ -295,7 +280,7 @@ def test_sigterm_stops_like_ctrl_c_and_credentials_are_never_written(
                                   start_new_session=True)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and driver.poll() is None and not any(
-                rows[-1]["epoch"] >= 2 for rows in results(storage).values()):
+                rows[-1]["epoch"] >= 2 for rows in trial_results(storage).values()):
             time.sleep(0.05)
         driver.send_signal(signal.SIGTERM)
         out = driver.communicate(timeout=120)[0]
