@@ -229,7 +229,6 @@ class CheckpointPruner(tune.Callback):
         self._files[folder] = stamp
         return digest, keeps
 
-
     def _newest_state(self, folder: str, fs: FileSystem | None) -> str | None:
         """The path of Tune's newest experiment state file in `folder`, as Tune's restore
         finds it. A local folder is listed by name alone (pyarrow's listing, which Tune's own

@@ -53,8 +53,7 @@ class RunWriter:
         self._closed = False
         self.error: Exception | None = None  # the first failed write: writing stops
         self._pool = ThreadPoolExecutor(PARALLEL_REQUESTS, thread_name_prefix="mlflow-writer")
-        self._thread = threading.Thread(target=self._loop, name="mlflow-runs", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._loop, name="mlflow-runs", daemon=True).start()
 
     def start(self, trial_id: str, run_name: str, tags: dict[str, str],
               params: dict[str, str]) -> None:
