@@ -20,10 +20,11 @@ import numpy as np
 from keras.src.legacy.preprocessing.image import ImageDataGenerator
 from PIL import Image
 
+from trainables.augment import augmentation
 from trainables.config import TrialConfig
 from trainables.data import DataSpec, SplitSource, list_images
 from trainables.images import load_arrays
-from trainables.pipeline import augmentation, make_dataset
+from trainables.pipeline import make_dataset
 from trainables.resources import freeze_imports
 
 AUGMENT = {"rotation": 20.0, "width_shift": 0.2, "height_shift": 0.2, "shear": 0.2,

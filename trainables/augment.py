@@ -14,6 +14,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from trainables.config import TrialConfig
+
 
 class RandomAffine(keras.layers.Layer):
     """Per image: rotation up to `rotation` degrees, shifts up to the given fractions of
@@ -28,6 +30,9 @@ class RandomAffine(keras.layers.Layer):
         self.shear, self.zoom, self.horizontal_flip = shear, zoom, horizontal_flip
         self.fill_mode, self.seed = fill_mode, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # TensorFlow has no XLA kernel for the transform (ImageProjectiveTransformV3): a model
+        # holding this layer must not be compiled with XLA, as Keras compiles on a GPU
+        self.supports_jit = keras.backend.backend() != "tensorflow"
 
     def _uniform(self, n: int, limit: float) -> Any:
         return keras.random.uniform((n,), -limit, limit, seed=self.seed_generator)
@@ -61,3 +66,13 @@ class RandomAffine(keras.layers.Layer):
                 "shear": self.shear, "zoom": self.zoom,
                 "horizontal_flip": self.horizontal_flip, "fill_mode": self.fill_mode,
                 "seed": self.seed}
+
+
+def augmentation(config: TrialConfig) -> RandomAffine | None:
+    """The report-style augmentation (ImageDataGenerator's options) as one Keras layer, or
+    None when the trial does not augment or every option is off."""
+    if not config.augment or not (config.rotation or config.width_shift or config.height_shift
+                                  or config.shear or config.zoom or config.horizontal_flip):
+        return None
+    return RandomAffine(config.rotation, config.width_shift, config.height_shift, config.shear,
+                        config.zoom, config.horizontal_flip, config.fill_mode, seed=config.seed)

@@ -109,6 +109,13 @@ def join(parts: Parts) -> keras.Model:
     return keras.Model(inputs, parts.trained(features), name="classifier")
 
 
+def augmented(model: keras.Model, augment: keras.layers.Layer) -> keras.Model:
+    """`model` (its layers shared) with `augment` applied to its input, which augments while
+    training only: to augment inside the training step rather than in the input pipeline."""
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    return keras.Model(inputs, model(augment(inputs)), name="augmented")
+
+
 def _cnn(config: TrialConfig, inputs: Any) -> Any:
     """The reports' conv blocks on raw pixels."""
     if feature_map_size(config) < 1:

@@ -2,7 +2,8 @@
 
 Batches are gathered by index from the (memory-mapped) decoded arrays, so no image is decoded
 twice and nothing is copied into the graph. Augmentation (one Keras layer, `RandomAffine`) is
-applied to whole batches of the training split only, in the pipeline, not in the model.
+applied to whole batches of the training split only, in the pipeline, not in the model
+(`trainables.augment.augmentation` makes it from the trial's config).
 """
 
 from __future__ import annotations
@@ -10,19 +11,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
-
-from trainables.augment import RandomAffine
-from trainables.config import TrialConfig
-
-
-def augmentation(config: TrialConfig) -> RandomAffine | None:
-    """The report-style augmentation (ImageDataGenerator's options) as one Keras layer, or
-    None when the trial does not augment or every option is off."""
-    if not config.augment or not (config.rotation or config.width_shift or config.height_shift
-                                  or config.shear or config.zoom or config.horizontal_flip):
-        return None
-    return RandomAffine(config.rotation, config.width_shift, config.height_shift, config.shear,
-                        config.zoom, config.horizontal_flip, config.fill_mode, seed=config.seed)
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *,

@@ -9,7 +9,11 @@ import math
 import os
 import subprocess
 
-import tensorflow as tf
+# What a process holds on a GPU outside its framework's allocator (the CUDA context, cuBLAS and
+# cuDNN): 0.7 GB for PyTorch on an H100 (README, "On a GPU"). Capping every trial at its share
+# of the whole GPU would leave the last trial placed on a full GPU that much short.
+GPU_CONTEXT_MB = 1024
+MIN_GPU_MEMORY_MB = 256
 
 
 @functools.cache
@@ -28,13 +32,15 @@ def cpu_threads(cpus: float) -> int:
 
 def gpu_memory_limit_mb(share: float, total_mb: int) -> int | None:
     """Memory cap for a trial holding `share` of a GPU with `total_mb`: None for a whole GPU
-    or more (no cap), else its share, so trials placed together cannot starve each other."""
+    or more (no cap), else its share less its process's context, so trials placed together
+    fit and cannot starve each other."""
     if share <= 0 or share >= 1:
         return None
-    return int(total_mb * share)
+    return max(MIN_GPU_MEMORY_MB, int(total_mb * share) - GPU_CONTEXT_MB)
 
 
-def _gpu_total_mb() -> int | None:
+def gpu_total_mb() -> int | None:
+    """The first GPU's memory as nvidia-smi reports it (None without one)."""
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total",
                               "--format=csv,noheader,nounits"],
@@ -47,13 +53,17 @@ def _gpu_total_mb() -> int | None:
 def configure_tensorflow(cpus: float, gpu_share: float) -> None:
     """Size thread pools and cap GPU memory. Call before the trial's first TensorFlow op; in a
     process that already ran TensorFlow (a reused worker) the first settings stay."""
+    # imported here: the functions above serve where TensorFlow is absent (benchmarks.gpu on
+    # Keras' JAX backend)
+    import tensorflow as tf
+
     threads = cpu_threads(cpus)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
         gpus = tf.config.list_physical_devices("GPU")
-        total = _gpu_total_mb() if gpus else None
+        total = gpu_total_mb() if gpus else None
         limit = gpu_memory_limit_mb(gpu_share, total) if total else None
         for gpu in gpus:
             if limit is None:

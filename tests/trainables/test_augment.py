@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainables.augment import RandomAffine
+from trainables.augment import RandomAffine, augmentation
 from trainables.config import TrialConfig
-from trainables.pipeline import augmentation
 
 
 def _images() -> np.ndarray:

@@ -11,9 +11,18 @@ import tensorflow as tf
 
 from search.space import load_space
 from trainables import checkpoint
+from trainables.augment import augmentation
 from trainables.config import TrialConfig
 from trainables.images import Arrays
-from trainables.models import Parts, build_model, build_parts, feature_map_size, frozen_part, join
+from trainables.models import (
+    Parts,
+    augmented,
+    build_model,
+    build_parts,
+    feature_map_size,
+    frozen_part,
+    join,
+)
 from trainables.train import TrialData, TrialFailed, train
 
 SPACES = Path(__file__).parents[2] / "spaces"
@@ -120,6 +129,29 @@ def test_training_makes_no_variable_inside_its_traced_steps(head: str, backbone:
               epochs=2)
     assert [r["epoch"] for r in reports] == [1, 2] and reports[0]["trained_on"] == "pixels"
     assert made_in_trace == []
+
+
+def test_augmenting_in_the_training_step_trains_the_trained_part() -> None:
+    """Where TensorFlow sees a GPU a trial augments in its training step (the input pipeline
+    runs on the trial's CPUs and would starve the GPU); forced here. The trial trains, its
+    validation sees the images as they are (the last val_accuracy is the returned model's on
+    them), and a model holding the augmentation is never compiled with XLA, which has no
+    kernel for its transform."""
+    config = TrialConfig(image_size=10, conv_blocks=1, conv_filters=(4,),
+                         conv_kernel_size=(3,), dense_units=(8,), batch_size=8,
+                         augment=True, rotation=10.0, zoom=0.1, horizontal_flip=True)
+    data, reports = tiny_data(), []
+    parts = train(config, data, lambda m, _: reports.append(m), epochs=2, augment_in_model=True)
+    assert [(r["epoch"], r["trained_on"]) for r in reports] == [(1, "pixels"), (2, "pixels")]
+    predicted = join(parts).predict(data.validation.images.astype("float32"), verbose=0)
+    assert reports[-1]["val_accuracy"] == pytest.approx(
+        np.mean(predicted.argmax(axis=1) == data.validation.labels))
+    layer = augmentation(config)
+    assert layer is not None
+    model = augmented(join(parts), layer)
+    with pytest.warns(UserWarning, match="doesn't support `jit_compile=True`"):
+        model.compile(loss="sparse_categorical_crossentropy", jit_compile=True)
+    assert model.jit_compile is False
 
 
 def test_diverging_loss_fails_the_trial() -> None:

@@ -8,8 +8,9 @@ from trainables.resources import cpu_threads, gpu_memory_limit_mb
 
 
 @pytest.mark.parametrize("share, total, limit", [
-    (0.25, 80_000, 20_000),  # four trials on one GPU: a quarter of its memory each
-    (0.5, 16_000, 8_000),
+    (0.25, 80_000, 18_976),  # four trials on one GPU: a quarter of it each, less a context
+    (0.5, 16_000, 6_976),
+    (0.01, 8_000, 256),      # a share smaller than a context: the least a trial can run in
     (1.0, 80_000, None),     # a whole GPU: no cap, memory growth instead
     (2.0, 80_000, None),
     (0.0, 80_000, None),
