@@ -6,7 +6,10 @@ class. VGG16 has random weights (the compute of ImageNet's, with no download).
 1. At 224 px, as the report: a frozen-VGG16 trial's epoch, whole model on pixels (the path
    before the feature cache) against the trained part on features computed once; the
    one-time extraction and the cache's size; each checkpoint before and after. Both with
-   0 and 4 trainable layers. Augmented trials train on pixels either way.
+   0 and 4 trainable layers. Augmented trials train on pixels either way. Then the same for
+   the blood-cells report's shape: its VGG16 baseline (flatten, dense 256, dropout 0.5,
+   RMSprop, batch 50) at 150 px, 4 classes of 100 training and 20 validation photos (what
+   2 CPUs train on pixels in about a minute an epoch).
 2. The whole search, the same trials both ways (`search.feature_cache` on and off, same
    seed), ASHA as in the space: its wall time and the search folder's peak size, watched
    while it runs. At 64 px and 12 trials of up to 12 epochs (`--quick`: 8 trials of up to
@@ -16,7 +19,9 @@ class. VGG16 has random weights (the compute of ImageNet's, with no download).
    most checkpoints a trial held in part 2 and the most trials that held any at once (a
    search of that size on pixels takes hours here).
 
-Ends with lines for scripts: `epoch_speedup=`, `search_speedup=`,
+`--epochs-only` runs part 1 alone (about a quarter of an hour; the searches take most of an
+hour). Ends with lines for scripts: `epoch_speedup=`, `blood_cells_epoch_speedup=`,
+`search_speedup=`,
 `largest_checkpoint_mb=`, `peak_folder_mb=`, `projected_peak_224px_mb=`.
 """
 
@@ -48,19 +53,22 @@ from trainables.resources import configure_tensorflow
 from trainables.train import TrialData, train
 
 HERE = Path(__file__).parent
+SPACES = HERE.parent / "spaces"
 PER_CLASS = {"train": 30, "validation": 5, "test": 10}  # the gemstones report's counts
 N_CLASSES = 10
+BLOOD_CELLS_PER_CLASS = {"train": 100, "validation": 20, "test": 1}  # 4 classes
 
 
-def write_photos(root: Path, seed: int = 0) -> Path:
-    """JPEG photos, 256 px, per split and class: a coloured blob of the class's hue and size
-    on a noisy background (left as they are if already written)."""
-    if (root / "test" / f"class{N_CLASSES - 1}").is_dir():
+def write_photos(root: Path, per_class: dict[str, int] = PER_CLASS,
+                 n_classes: int = N_CLASSES, seed: int = 0) -> Path:
+    """JPEG photos, 256 px, `per_class` of each of `n_classes` per split: a coloured blob of
+    the class's hue and size on a noisy background (left as they are if already written)."""
+    if (root / "test" / f"class{n_classes - 1}").is_dir():
         return root
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:256, :256]
-    for split, n in PER_CLASS.items():
-        for c in range(N_CLASSES):
+    for split, n in per_class.items():
+        for c in range(n_classes):
             folder = root / split / f"class{c}"
             folder.mkdir(parents=True, exist_ok=True)
             colour = np.array([25 * c, 255 - 20 * c, 120 + 10 * (c % 3)])
@@ -78,11 +86,9 @@ def _size_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
-def epoch_figures(space: Space, trainable_layers: int, cache: Path) -> dict[str, Any]:
-    """One trial of the report's model 2 (frozen VGG16, flatten, dense 256, dropout, dense
-    128, Adam), at 224 px, on pixels and on cached features."""
-    config: TrialConfig = space.baselines["model2"].replace(
-        backbone_trainable_layers=trainable_layers)
+def epoch_figures(space: Space, config: TrialConfig, cache: Path) -> dict[str, Any]:
+    """One trial of `config` on `space`'s photos, on pixels and on cached features."""
+    trainable_layers = config.backbone_trainable_layers
     listing = list_images(space.data, space.seed)
     data = TrialData(*(load_arrays(listing.splits[s], config.image_size, "rgb", cache)
                        for s in ("train", "validation")), len(listing.classes))
@@ -151,6 +157,16 @@ def search_figures(space: Space, feature_cache: bool, folder: Path) -> dict[str,
             "test_accuracy": outcome.held_out_accuracy}
 
 
+def blood_cells_space(space: Space) -> Space:
+    """`space` (the gemstones-shaped benchmark space) on 4 classes of photos at 150 px, with
+    the blood cells report's VGG16 baseline (random weights)."""
+    baseline = load_space(SPACES / "blood_cells.yaml").baselines["vgg16_frozen"]
+    root = Path(space.data.root).with_name("bench_blood_cells")
+    return dataclasses.replace(
+        space, data=dataclasses.replace(space.data, root=root),
+        baselines={"vgg16_frozen": baseline.replace(backbone_weights="none", seed=space.seed)})
+
+
 def smaller(space: Space, image_size: int, num_samples: int, max_epochs: int) -> Space:
     asha = dataclasses.replace(space.search.asha, max_epochs=max_epochs, grace_period=3)
     return dataclasses.replace(
@@ -162,15 +178,22 @@ def smaller(space: Space, image_size: int, num_samples: int, max_epochs: int) ->
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.backbones", description=__doc__)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--epochs-only", action="store_true", help="part 1 alone")
     args = p.parse_args(argv)
     configure_tensorflow(float(os.cpu_count() or 1), 0.0)
     space = load_space(HERE / "gemstones.yaml")
     write_photos(Path(space.data.root))
+    blood = blood_cells_space(space)
+    write_photos(Path(blood.data.root), BLOOD_CELLS_PER_CLASS, 4)
+    report = {"model2": space, "vgg16_frozen": blood}
     with tempfile.TemporaryDirectory() as tmp:
-        print("1. a trial of the report's model 2 at 224 px (frozen VGG16 + flatten, dense "
-              f"256, dense 128; Adam), {os.cpu_count()} CPUs")
-        epochs = [epoch_figures(space, n, Path(tmp) / "cache") for n in (0, 4)]
-        for e in epochs:
+        print("1. a trial of the gemstones report's model 2 at 224 px (frozen VGG16 + flatten, "
+              f"dense 256, dense 128; Adam), then of the blood cells report's VGG16 baseline at "
+              f"150 px (flatten, dense 256; RMSprop), {os.cpu_count()} CPUs")
+        epochs = {name: [epoch_figures(shape, shape.baselines[name].replace(
+            backbone_trainable_layers=n), Path(tmp) / "cache") for n in (0, 4)]
+            for name, shape in report.items()}
+        for e in epochs["model2"] + epochs["vgg16_frozen"]:
             print(f"  {e['trainable_layers']} trainable layers: epoch on pixels "
                   f"{e['pixels_epoch_s']:.1f} s, on features {e['features_epoch_s']:.2f} s "
                   f"({e['pixels_epoch_s'] / e['features_epoch_s']:.0f}x); extraction once "
@@ -178,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{e['cache_mb']:.0f} MB; checkpoint {e['checkpoint_mb']:.1f} MB, "
                   f"{e['registrable_mb']:.1f} MB without the optimizer's state (the whole "
                   f"model's before: {e['whole_checkpoint_mb']:.1f} MB)")
+    frozen = {name: e[0]["pixels_epoch_s"] / e[0]["features_epoch_s"]
+              for name, e in epochs.items()}
+    speedups = (f"epoch_speedup={frozen['model2']:.1f}\n"
+                f"blood_cells_epoch_speedup={frozen['vgg16_frozen']:.1f}")
+    if args.epochs_only:
+        print(f"\n{speedups}")
+        return 0
     size, n, max_epochs = (64, 8, 9) if args.quick else (64, 12, 12)
     small = smaller(space, size, n, max_epochs)
     print(f"\n2. the whole search: {n} trials at {size} px, ASHA up to {max_epochs} epochs, "
@@ -192,12 +222,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['final_folder_mb']:.1f} MB), at most {r['most_held']} checkpoints a "
               f"trial and {r['most_trials_holding']} trials holding any at once, best val "
               f"{r['best_val_accuracy']:.3f}, test {r['test_accuracy']:.3f}")
-    frozen = epochs[0]
     # at 224 px a flatten head is 12x larger than at 64: from part 1's checkpoints and what
     # the search above held at once, what the report's 30 trials would need at most (ended
     # trials hold a checkpoint only while none beats them, however many trials the search has)
-    kept, running = max(e["registrable_mb"] for e in epochs), max(e["checkpoint_mb"]
-                                                                   for e in epochs)
+    kept = max(e["registrable_mb"] for e in epochs["model2"])
+    running = max(e["checkpoint_mb"] for e in epochs["model2"])
     concurrent, r = space.search.max_concurrent, runs[True]
     ended = max(0, r["most_trials_holding"] - concurrent)
     projected = ended * kept + concurrent * r["most_held"] * running
@@ -205,9 +234,9 @@ def main(argv: list[str] | None = None) -> int:
           f"ended trials x {kept:.0f} MB (a best without its optimizer's state) + "
           f"{concurrent} running x {r['most_held']} checkpoints x {running:.0f} MB = "
           f"{projected:.0f} MB")
-    print(f"\nepoch_speedup={frozen['pixels_epoch_s'] / frozen['features_epoch_s']:.1f}")
+    print(f"\n{speedups}")
     print(f"search_speedup={runs[False]['wall_s'] / runs[True]['wall_s']:.2f}")
-    print(f"largest_checkpoint_mb={max(e['checkpoint_mb'] for e in epochs):.1f}")
+    print(f"largest_checkpoint_mb={running:.1f}")
     print(f"peak_folder_mb={runs[True]['peak_folder_mb']:.1f}")
     print(f"projected_peak_224px_mb={projected:.0f}")
     return 0
