@@ -31,10 +31,10 @@ from typing import Any
 import mlflow.utils.rest_utils as rest
 from ray.tune.execution.tune_controller import TuneController
 
-from search.checkpoints import CheckpointPruner
 from search.curve_trial import curve_trial
 from search.driver import Options, run_search
 from search.progress import ProgressCallback
+from search.pruner import CheckpointPruner
 from search.searcher import PruningOptunaSearch, RecordingASHA
 from search.snapshots import SnapshotKeeper
 from search.space import Asha, Fixed, load_space

@@ -15,10 +15,11 @@ import optuna
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
-from search.checkpoints import CheckpointPruner, prune
+from search.checkpoints import prune
 from search.console import say
 from search.folder import STUDY_NAME, SearchFolder
 from search.progress import ProgressCallback
+from search.pruner import CheckpointPruner
 from search.sampling import DefineByRun
 from search.searcher import EpochBudget, PruningOptunaSearch, RecordingASHA, tpe_startup_trials
 from search.snapshots import SnapshotKeeper, mend

@@ -17,18 +17,19 @@ from ray.train._internal.checkpoint_manager import _CheckpointManager
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.trainable.metadata import _TrainingRunMetadata
 
-from search import checkpoints
+from search import saved_state
 from search.checkpoints import (
     CHECKPOINT_PREFIX,
-    CheckpointPruner,
-    SavedViews,
     beaten,
     best_checkpoint,
     best_score,
     kept,
     kept_checkpoint,
+    prune,
     thin,
 )
+from search.pruner import CheckpointPruner
+from search.saved_state import SavedState, SavedViews
 from trainables.checkpoint import MODEL_FILE, OPTIMIZER_FILE, STATE_FILE
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers run stand_in
@@ -92,8 +93,8 @@ def test_saved_views_decode_only_the_trials_whose_saved_entry_changed(monkeypatc
         return json.dumps({"trial_data": list(entries)}).encode()
 
     decoded: list[str] = []
-    decode = checkpoints._decode
-    monkeypatch.setattr(checkpoints, "_decode",
+    decode = saved_state._decode
+    monkeypatch.setattr(saved_state, "_decode",
                         lambda trial, metadata: decoded.append(trial) or decode(trial, metadata))
     read = SavedViews()
     assert set(read(state(entry("a", "RUNNING"), entry("b", "TERMINATED")))) == {"a", "b"}
@@ -134,23 +135,24 @@ def stand_in(config: dict) -> None:
 
 def test_the_newest_state_is_found_again_only_when_the_folder_changes(tmp_path,
                                                                      monkeypatch) -> None:
-    pruner, folder = CheckpointPruner(), str(tmp_path)
+    folder = str(tmp_path)
+    saved = SavedState(folder, None)
     state = TuneController.CKPT_FILE_TMPL.format
     listings, listdir = [], os.listdir
     monkeypatch.setattr(os, "listdir", lambda path: listings.append(path) or listdir(path))
     (tmp_path / "a1b2c3d4").mkdir()  # a trial's folder
-    assert pruner._newest_state(folder, None) is None
+    assert saved.newest() is None
     (tmp_path / state("2026-11-24_10-00-00")).write_text("{}")
     # changed within the second: listed again, whatever the clock's tick
-    assert pruner._newest_state(folder, None) == f"{folder}/{state('2026-11-24_10-00-00')}"
+    assert saved.newest() == f"{folder}/{state('2026-11-24_10-00-00')}"
     an_hour_ago = time.time_ns() - 3600 * 10**9
     os.utime(tmp_path, ns=(an_hour_ago, an_hour_ago))
-    assert pruner._newest_state(folder, None) == f"{folder}/{state('2026-11-24_10-00-00')}"
+    assert saved.newest() == f"{folder}/{state('2026-11-24_10-00-00')}"
     before = len(listings)
-    assert pruner._newest_state(folder, None) == f"{folder}/{state('2026-11-24_10-00-00')}"
+    assert saved.newest() == f"{folder}/{state('2026-11-24_10-00-00')}"
     assert len(listings) == before  # unchanged for a second and more: not listed again
     (tmp_path / state("2026-11-24_10-00-05")).write_text("{}")  # a new file: a new time
-    assert pruner._newest_state(folder, None) == f"{folder}/{state('2026-11-24_10-00-05')}"
+    assert saved.newest() == f"{folder}/{state('2026-11-24_10-00-05')}"
 
 
 def test_no_trial_ever_holds_more_than_resuming_and_registering_need(
@@ -193,7 +195,7 @@ def test_no_trial_ever_holds_more_than_resuming_and_registering_need(
     assert max(most.values()) <= 5, most
     for pruned_as_the_part_ends in (False, True):  # by the pruner, then by `prune` too
         if pruned_as_the_part_ends:
-            checkpoints.prune(grid)
+            prune(grid)
         for result in grid:
             folders = sorted(Path(result.path).glob(f"{CHECKPOINT_PREFIX}*"))
             if result.config["offset"] == 0.0:

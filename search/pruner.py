@@ -1,0 +1,104 @@
+"""The Tune callback that keeps each trial's checkpoints down to what resuming and registering
+need while a search runs: what `search.checkpoints` says a trial keeps, as Tune holds it in
+memory and as each experiment state it saved (`search.saved_state`) names it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pyarrow.fs import FileSystem
+from ray import tune
+from ray.tune.experiment import Trial
+
+from search.checkpoints import FINAL, beaten, best_score, folder_name, pairs, thin, view
+from search.saved_state import Keeps, SavedState
+
+
+class CheckpointPruner(tune.Callback):
+    """Keeps each trial's checkpoints down to what resuming and registering need (see
+    `search.checkpoints`), acting whenever a trial checkpoints or ends and whenever Tune saves
+    its experiment state.
+
+    Tune saves the state in two steps: the driver writes it to a staging folder, then a
+    background thread copies it to the storage path, where a resumed search reads it. A copy
+    under way may carry any state staged since the last one that landed, so the pruner keeps
+    what each of those names too, until the storage path holds a later one."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, SavedState] = {}  # the staging folder's and the storage path's
+        self._landed: Keeps = {}  # what the state on the storage path keeps
+        self._staged: list[tuple[bytes, Keeps]] = []  # (digest, keeps), oldest first
+        self._changed: set[Trial] = set()  # trials that checkpointed or ended since
+        self._deleted: set[str] = set()  # paths deleted already, not to ask the storage again
+
+    def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial,
+                      checkpoint: tune.Checkpoint, **info: Any) -> None:
+        self._changed.add(trial)  # Tune registers the checkpoint after this call
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
+                          **info: Any) -> None:
+        self._changed.add(trial)
+
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        if trials:
+            self._prune(trials)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        if trials:
+            for state in self._states.values():
+                state.forget()  # the final state may keep a file's stamp: read it anyway
+            self._prune(trials)
+
+    def _prune(self, trials: list[Trial]) -> None:
+        storage = trials[0].storage
+        assert storage is not None  # Tune gives every trial its storage before it starts
+        staged = self._read(storage.experiment_driver_staging_path, None)
+        landed = self._read(storage.experiment_fs_path, storage.storage_filesystem)
+        if staged is False or landed is False:
+            return  # a state file half-written: act once it can be read
+        if staged and (not self._staged or staged[0] != self._staged[-1][0]):
+            self._staged.append(staged)
+        if landed:
+            self._landed = landed[1]
+            digests = [digest for digest, _ in self._staged]
+            if landed[0] in digests:  # copies land in order: the earlier will not land
+                self._staged = self._staged[digests.index(landed[0]):]
+        changed = trials if staged or landed else list(self._changed)
+        self._changed.clear()
+        saved = [self._landed] + [keeps for _, keeps in self._staged]
+        dropped = self._beaten(trials) if staged or landed else set()
+        for trial in changed:
+            manager = trial.run_metadata.checkpoint_manager
+            results = manager.best_checkpoint_results if manager else None
+            if not results or trial.storage is None:
+                continue
+            in_memory = view(trial.status == FINAL, manager)
+            trial_path = trial.storage.trial_fs_path
+            names = [folder_name(r.checkpoint) for r in results]
+            self._deleted |= thin(
+                trial.storage.storage_filesystem, trial_path,
+                [name for name in names if f"{trial_path}/{name}" not in self._deleted],
+                [] if trial.trial_id in dropped else
+                [in_memory] + [keeps[trial.trial_id] for keeps in saved
+                               if trial.trial_id in keeps])
+
+    def _beaten(self, trials: list[Trial]) -> set[str]:
+        """The finished trials another beats, of those that ended in memory and in the state
+        on the storage path (a resumed search runs neither again, and later states keep them
+        ended): their checkpoints go. The state that lands later can only add to them."""
+        scores = {}
+        for trial in trials:
+            saved = self._landed.get(trial.trial_id)
+            manager = trial.run_metadata.checkpoint_manager
+            if trial.status == FINAL and saved is not None and saved.ended and manager:
+                scores[trial.trial_id] = best_score(pairs(manager))
+        return beaten(scores)
+
+    def _read(self, folder: str, fs: FileSystem | None
+              ) -> tuple[bytes, Keeps] | None | Literal[False]:
+        if folder not in self._states:
+            self._states[folder] = SavedState(folder, fs)
+        state = self._states[folder]
+        # the storage path's state is a copy of one staged before, read then: parsing it
+        # again is what grows with the study (Tune's state is 22 KB a trial)
+        return state.read(dict(self._staged))
