@@ -12,8 +12,10 @@ with no download and no files.
    an epoch on pixels with the report's augmentation (what an augmented trial pays every
    epoch), an epoch on pixels without it (what an unaugmented trial paid before the feature
    cache), the one-time extraction of the training split's features (its first call, with
-   the compilation) and an epoch of the trained part on them; and the most GPU memory the
-   process used (what `resources: {gpu: ...}` must leave a trial).
+   the compilation) and an epoch of the trained part on them; what a trial on features pays
+   besides its epochs (building and compiling its model, its first epoch with the step's
+   compilation, a checkpoint as each epoch writes it); and the most GPU memory the process
+   used (what `resources: {gpu: ...}` must leave a trial).
 2. Sharing: 1, 2 and 4 trial processes at once, each capped to its share of the GPU's memory
    (`resources: {gpu: 1/n}`), each training augmented gemstones epochs (model 1): the images
    per second of all of them together, over the time all were past their first epoch.
@@ -33,6 +35,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,14 +163,35 @@ def measure(shape_name: str, trainable_layers: int, quick: bool) -> dict[str, An
         model, _ = _model(cfg, shape.n_classes, on)
         out[f"{on}_epoch_s"] = _steady_epoch_s(_epochs(model, x, y, batch, 3))
         keras.backend.clear_session()
+    started = time.perf_counter()
     model, frozen = _model(config, shape.n_classes, "features")
+    out["build_s"] = time.perf_counter() - started
     started = time.perf_counter()
     features = frozen.predict(x, batch_size=batch, verbose=0)
     out["extraction_s"] = time.perf_counter() - started
     out["features_mb"] = features.nbytes / 2**20
-    out["features_epoch_s"] = _steady_epoch_s(_epochs(model, features, y, batch, 4))
+    started = time.time()
+    ends = _epochs(model, features, y, batch, 4)
+    out["first_epoch_s"], out["features_epoch_s"] = ends[0] - started, _steady_epoch_s(ends)
+    out["checkpoint_s"] = _checkpoint_s(model)
     out["peak_memory_mb"] = _peak_memory_mb()
     return out
+
+
+def _checkpoint_s(trained: Any) -> float:
+    """Median seconds of three checkpoints of the trained part, as a trial writes one each
+    epoch (`trainables.checkpoint`), to a local disk."""
+    import numpy as np
+
+    from trainables import checkpoint
+
+    seconds = []
+    with tempfile.TemporaryDirectory() as folder:
+        for epoch in range(3):
+            started = time.perf_counter()
+            checkpoint.save(trained, Path(folder), epoch)
+            seconds.append(time.perf_counter() - started)
+    return float(np.median(seconds))
 
 
 def share(quick: bool, until: float) -> dict[str, Any]:
@@ -254,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
               f"s, on pixels {r['pixels_epoch_s']:.2f} s, on features "
               f"{r['features_epoch_s']:.3f} s ({r['pixels_epoch_s'] / r['features_epoch_s']:.0f}x)"
               f"; extraction once {r['extraction_s']:.1f} s ({r['features_mb']:.0f} MB); "
-              f"peak GPU memory {_mb(r['peak_memory_mb'])}")
+              f"peak GPU memory {_mb(r['peak_memory_mb'])}; on features: model built in "
+              f"{r['build_s']:.1f} s, first epoch {r['first_epoch_s']:.1f} s, a checkpoint "
+              f"{r['checkpoint_s']:.2f} s")
     print("\n2. n trial processes sharing the GPU, each capped to 1/n of its memory, augmented "
           "gemstones epochs (model 1, 224 px)")
     alone = 0.0
