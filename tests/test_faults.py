@@ -128,7 +128,11 @@ def test_killed_driver_resumes_then_the_finished_search_extends(ray_local, tmp_p
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = tmp_path / "ray"
-    space = write_space(tmp_path, num_samples=4, epochs=10)
+    # 30 epochs (2 to 4 s a trial): at 10 a whole search took 8 s on a fast machine, and
+    # result.json on the storage path (1 s behind) never showed one trial finished and
+    # another midway before it ended
+    epochs = 30
+    space = write_space(tmp_path, num_samples=4, epochs=epochs)
     args = [str(space), "--tracking-uri", uri, "--storage-path", str(storage)]
     log = tmp_path / "driver.log"
     with log.open("w") as out:
@@ -139,8 +143,8 @@ def test_killed_driver_resumes_then_the_finished_search_extends(ray_local, tmp_p
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and driver.poll() is None:
             now = trial_results(storage)
-            finished = {t for t, rows in now.items() if rows[-1]["epoch"] == 10}
-            midway = {t for t, rows in now.items() if 2 <= rows[-1]["epoch"] <= 9}
+            finished = {t for t, rows in now.items() if rows[-1]["epoch"] == epochs}
+            midway = {t for t, rows in now.items() if 2 <= rows[-1]["epoch"] < epochs}
             if finished and midway:
                 # not while Tune copies its snapshot (a few ms): the kept copy is a step
                 # behind, and the epochs the assertions below count would move
@@ -168,9 +172,9 @@ def test_killed_driver_resumes_then_the_finished_search_extends(ray_local, tmp_p
     # the snapshot names: the epochs reported after the snapshot are trained again, but a
     # trial seen past its first epoch does not start over
     for trial_id in finished | midway:
-        epochs = [row["epoch"] for row in after[trial_id]]
-        assert after[trial_id][0] == before[trial_id][0] and epochs.count(1) == 1
-        assert epochs[-1] == 10 and set(epochs) == set(range(1, 11))
+        trained = [row["epoch"] for row in after[trial_id]]
+        assert after[trial_id][0] == before[trial_id][0] and trained.count(1) == 1
+        assert trained[-1] == epochs and set(trained) == set(range(1, epochs + 1))
     parents, children = trial_runs(uri, "faults")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     runs = {r.data.tags["trial_id"]: r for r in children}
@@ -178,7 +182,7 @@ def test_killed_driver_resumes_then_the_finished_search_extends(ray_local, tmp_p
     assert all(runs[t].info.status == "FINISHED" for t in after)
     for trial_id in after:  # every epoch in the trial's one run
         logged = steps(uri, runs[trial_id].info.run_id)
-        assert sorted(set(logged)) == list(range(1, 11))
+        assert sorted(set(logged)) == list(range(1, epochs + 1))
         if trial_id in finished | midway:
             assert logged.count(1) == 1
     # a trial the driver started after Tune's last snapshot is not in it: resume runs
