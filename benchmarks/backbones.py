@@ -19,16 +19,22 @@ class. VGG16 has random weights (the compute of ImageNet's, with no download).
    most checkpoints a trial held in part 2 and the most trials that held any at once (a
    search of that size on pixels takes hours here).
 
+4. The checkpoint cadence: 12 trials of the gemstones search at 224 px, all frozen and
+   unaugmented (so on features, where a checkpoint costs most against an epoch), each epoch
+   checkpointed (`search.checkpoint_every_s: 0`, as before the cadence) against the default
+   (at each new best, else once a minute), on one cache extracted first.
+
 `--epochs-only` runs part 1 alone (about a quarter of an hour; the searches take most of an
-hour). Ends with lines for scripts: `epoch_speedup=`, `blood_cells_epoch_speedup=`,
-`search_speedup=`,
-`largest_checkpoint_mb=`, `peak_folder_mb=`, `projected_peak_224px_mb=`.
+hour), `--cadence-only` part 4. Ends with lines for scripts: `epoch_speedup=`,
+`blood_cells_epoch_speedup=`, `search_speedup=`, `largest_checkpoint_mb=`, `peak_folder_mb=`,
+`projected_peak_224px_mb=`, `cadence_speedup=`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import tempfile
 import threading
@@ -42,21 +48,22 @@ from PIL import Image
 
 from search.checkpoints import CHECKPOINT_PREFIX
 from search.driver import Options, run_search
-from search.space import Fixed, Space, load_space
+from search.space import Fixed, SearchSettings, Space, load_space
+from search.trainable import load_trial_data
 from trainables import checkpoint
 from trainables.config import TrialConfig
 from trainables.data import list_images
 from trainables.features import features, frozen_key
-from trainables.images import load_arrays
 from trainables.models import Parts, compile_model, join
 from trainables.resources import configure_tensorflow
-from trainables.train import TrialData, train
+from trainables.train import train
 
 HERE = Path(__file__).parent
 SPACES = HERE.parent / "spaces"
 PER_CLASS = {"train": 30, "validation": 5, "test": 10}  # the gemstones report's counts
 N_CLASSES = 10
 BLOOD_CELLS_PER_CLASS = {"train": 100, "validation": 20, "test": 1}  # 4 classes
+CADENCE_TRIALS = 12
 
 
 def write_photos(root: Path, per_class: dict[str, int] = PER_CLASS,
@@ -89,9 +96,8 @@ def _size_mb(folder: Path) -> float:
 def epoch_figures(space: Space, config: TrialConfig, cache: Path) -> dict[str, Any]:
     """One trial of `config` on `space`'s photos, on pixels and on cached features."""
     trainable_layers = config.backbone_trainable_layers
-    listing = list_images(space.data, space.seed)
-    data = TrialData(*(load_arrays(listing.splits[s], config.image_size, "rgb", cache)
-                       for s in ("train", "validation")), len(listing.classes))
+    space = with_search(space, cache)
+    data = load_trial_data(space, list_images(space.data, space.seed), config)
     out: dict[str, Any] = {"trainable_layers": trainable_layers}
 
     def timed(feature_cache: bool, epochs: int) -> tuple[list[float], Parts]:
@@ -123,11 +129,15 @@ def epoch_figures(space: Space, config: TrialConfig, cache: Path) -> dict[str, A
     return out
 
 
-def search_figures(space: Space, feature_cache: bool, folder: Path) -> dict[str, Any]:
-    """The search run once from a fresh cache (extraction counted), its folder watched."""
-    space = dataclasses.replace(
-        space, data=dataclasses.replace(space.data, cache_dir=folder / "cache"),
-        search=dataclasses.replace(space.search, feature_cache=feature_cache))
+def with_search(space: Space, cache: Path, **settings: Any) -> Space:
+    """`space` with its caches under `cache` and the given `search` settings."""
+    return dataclasses.replace(
+        space, data=dataclasses.replace(space.data, cache_dir=cache),
+        search=dataclasses.replace(space.search, **settings))
+
+
+def search_figures(space: Space, folder: Path) -> dict[str, Any]:
+    """The search run once into `folder`, its folder watched."""
     storage, peak, held, holding = folder / "ray", [0.0], [0], [0]
     done = threading.Event()
 
@@ -148,13 +158,37 @@ def search_figures(space: Space, feature_cache: bool, folder: Path) -> dict[str,
         done.set()
         watcher.join()
     table = outcome.table
+    rows = [json.loads(line) for result in storage.glob("*/part-*/*/result.json")
+            for line in result.read_text().splitlines()]
     return {"wall_s": time.perf_counter() - started, "trials": len(table),
             "epochs": int(table["epochs_run"].sum()), "peak_folder_mb": peak[0],
             "most_held": held[0], "most_trials_holding": holding[0],
             "final_folder_mb": _size_mb(storage),
+            "checkpoints": sum(bool(row["checkpoint_dir_name"]) for row in rows),
+            "checkpoint_s": sum(row["checkpoint_s"] for row in rows),
             "on_features": int((table["trained_on"] == "features").sum()),
             "best_val_accuracy": float(table["best_val_accuracy"].max()),
             "test_accuracy": outcome.held_out_accuracy}
+
+
+def cadence_figures(space: Space, folder: Path) -> dict[float, dict[str, Any]]:
+    """The gemstones search at 224 px with its trials frozen and unaugmented (all on
+    features), checkpointing every epoch (`checkpoint_every_s: 0`, as before the cadence)
+    and at the default, on one cache whose features are extracted first."""
+    space = dataclasses.replace(
+        space, params={**space.params, "backbone_trainable_layers": Fixed(0),
+                       "augment": Fixed(False)},
+        baselines={"model2": space.baselines["model2"]},
+        search=dataclasses.replace(space.search, num_samples=CADENCE_TRIALS))
+    cache = folder / "cache"
+    config = space.baselines["model2"]
+    data = load_trial_data(with_search(space, cache), list_images(space.data, space.seed),
+                           config)
+    for pooling in ("flatten", "global_avg"):  # each extracts features once, for both runs
+        train(config.replace(head_pooling=pooling), data, lambda m, _: None, epochs=1)
+    return {every_s: search_figures(with_search(space, cache, checkpoint_every_s=every_s),
+                                    folder / f"every-{every_s:g}")
+            for every_s in (0.0, SearchSettings().checkpoint_every_s)}
 
 
 def blood_cells_space(space: Space) -> Space:
@@ -179,10 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.backbones", description=__doc__)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--epochs-only", action="store_true", help="part 1 alone")
+    p.add_argument("--cadence-only", action="store_true", help="part 4 alone")
     args = p.parse_args(argv)
     configure_tensorflow(float(os.cpu_count() or 1), 0.0)
     space = load_space(HERE / "gemstones.yaml")
     write_photos(Path(space.data.root))
+    if args.cadence_only:
+        return cadence(space)
     blood = blood_cells_space(space)
     write_photos(Path(blood.data.root), BLOOD_CELLS_PER_CLASS, 4)
     report = {"model2": space, "vgg16_frozen": blood}
@@ -215,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for feature_cache in (False, True):
         with tempfile.TemporaryDirectory() as tmp:
-            runs[feature_cache] = r = search_figures(small, feature_cache, Path(tmp))
+            runs[feature_cache] = r = search_figures(
+                with_search(small, Path(tmp) / "cache", feature_cache=feature_cache), Path(tmp))
         print(f"  feature cache {'on ' if feature_cache else 'off'}: {r['wall_s']:.0f} s, "
               f"{r['trials']} trials ({r['on_features']} on features), {r['epochs']} epochs, "
               f"folder peak {r['peak_folder_mb']:.1f} MB (at the end "
@@ -239,6 +277,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"largest_checkpoint_mb={running:.1f}")
     print(f"peak_folder_mb={runs[True]['peak_folder_mb']:.1f}")
     print(f"projected_peak_224px_mb={projected:.0f}")
+    return cadence(space)
+
+
+def cadence(space: Space) -> int:
+    """Part 4, printed."""
+    print(f"\n4. checkpoint cadence: {CADENCE_TRIALS} trials of the gemstones search at 224 px, "
+          "frozen and unaugmented (on features), ASHA as in the space, 2 at a time")
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = cadence_figures(space, Path(tmp))
+    for every_s, r in runs.items():
+        print(f"  checkpoint_every_s {every_s:g}: {r['wall_s']:.0f} s, {r['trials']} trials, "
+              f"{r['epochs']} epochs, {r['checkpoints']} checkpoints taking "
+              f"{r['checkpoint_s']:.0f} s, folder peak {r['peak_folder_mb']:.0f} MB (at most "
+              f"{r['most_held']} checkpoints a trial), best val "
+              f"{r['best_val_accuracy']:.3f}, test {r['test_accuracy']:.3f}")
+    before, after = runs.values()
+    print(f"cadence_speedup={before['wall_s'] / after['wall_s']:.2f}")
     return 0
 
 

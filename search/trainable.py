@@ -2,8 +2,9 @@
 
 It turns Ray's flat config into a `TrialConfig`, sizes TensorFlow to the trial's resources,
 resumes from the trial's last checkpoint if Ray restarted it, and reports every epoch through
-`ray.tune.report` with what training changed as its checkpoint (`trainables.checkpoint`:
-the trained part of the model and its optimizer's state, never a frozen backbone again);
+`ray.tune.report`, with what training changed as a checkpoint when one is due
+(`search.checkpoints.Cadence`; `trainables.checkpoint`: the trained part of the model and its
+optimizer's state, never a frozen backbone again);
 `whole_model` joins it to the frozen part the config rebuilds. A trial that runs out of
 memory fails with a `TrialOutOfMemory` that says so; the search goes on. Only `ray.tune` is
 imported: the `ray.train` reporting functions raise inside Tune.
@@ -27,7 +28,9 @@ import ray
 import tensorflow as tf
 from ray import tune
 
+from search.checkpoints import Cadence
 from search.console import LOG_FILE, first_line, to_log
+from search.objective import METRIC
 from search.space import Space
 from trainables import checkpoint as saved
 from trainables.config import TrialConfig
@@ -68,12 +71,12 @@ def run_trial(params: dict[str, Any], *, space: Space, listing: Listing,
 
 
 def _run(params: dict[str, Any], space: Space, listing: Listing, search_folder: Path) -> None:
-    """Train one trial, reporting and checkpointing every epoch.
+    """Train one trial, reporting every epoch and checkpointing when one is due.
 
     Besides the epoch's metrics each report carries what the benchmarks account with:
-    `started_at` (wall clock when this function began), `checkpoint_s` (saving the model)
-    and `peak_rss_mb` (of this worker process, which may have run trials before); and the
-    Ray node it ran on (`node_id`)."""
+    `started_at` (wall clock when this function began), `checkpoint_s` (saving the model; 0
+    when the epoch was not checkpointed) and `peak_rss_mb` (of this worker process, which may
+    have run trials before); and the Ray node it ran on (`node_id`)."""
     started_at = time.time()
     fatal = search_folder / FATAL_ERRORS / tune.get_context().get_trial_id()
     if fatal.exists():
@@ -89,13 +92,18 @@ def _run(params: dict[str, Any], space: Space, listing: Listing, search_folder: 
         with checkpoint.as_directory() as folder:
             trained, initial_epoch = saved.resume(Path(folder), config)
 
+    cadence = Cadence(space.search.checkpoint_every_s)
+
     def report(metrics: dict[str, float | str], trained: keras.Model) -> None:
+        timings = {"started_at": started_at, "node_id": node_id, "checkpoint_s": 0.0,
+                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        if not cadence.due(float(metrics[METRIC]), time.monotonic()):
+            tune.report({**metrics, **timings})
+            return
         with tempfile.TemporaryDirectory() as folder:
             saving = time.perf_counter()
             saved.save(trained, Path(folder), int(metrics["epoch"]))
-            timings = {"started_at": started_at, "node_id": node_id,
-                       "checkpoint_s": time.perf_counter() - saving,
-                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            timings["checkpoint_s"] = time.perf_counter() - saving
             tune.report({**metrics, **timings},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 

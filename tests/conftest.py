@@ -112,6 +112,7 @@ train:
 search:
   num_samples: {num_samples}
   max_concurrent: 2
+  checkpoint_every_s: 0  # every epoch: the fault tests count the epochs a retry trains again
   resources: {{cpu: 1}}
   asha: {{max_epochs: {epochs}, grace_period: {epochs}}}  # no early stops: every trial runs out
 {baselines}

@@ -119,6 +119,7 @@ def test_search_records_every_trial_and_registers_the_best(finished_search) -> N
     assert {p.name for p in trial_folders} == set(table["trial_id"]) == set(curves)
     assert len(trial_folders) == 5 and table["epochs_run"].max() > 2
     assert [] in curves.values()  # the diverging baseline's
+    not_saved = 0
     for folder in trial_folders:
         kept, curve = list(folder.glob("checkpoint_*")), curves[folder.name]
         assert len(kept) == (1 if curve and max(curve) == best_val else 0), (folder.name, curve)
@@ -126,6 +127,20 @@ def test_search_records_every_trial_and_registers_the_best(finished_search) -> N
             assert not (kept[0] / OPTIMIZER_FILE).exists()
             epoch = json.loads((kept[0] / STATE_FILE).read_text())["epoch"]
             assert epoch == curve.index(max(curve)) + 1, (folder.name, epoch, curve)
+        # it checkpointed each epoch of a new best val_accuracy, and any other only once a
+        # minute had passed since its last (search.checkpoint_every_s's default)
+        rows = [json.loads(line) for line in (folder / "result.json").read_text().splitlines()]
+        not_saved += sum(not row["checkpoint_dir_name"] for row in rows)
+        best, saved_at = -1.0, -60.0
+        for row in rows:
+            if row["val_accuracy"] > best:
+                assert row["checkpoint_dir_name"], (folder.name, row["epoch"])
+            elif row["checkpoint_dir_name"]:
+                assert row["time_total_s"] - saved_at > 50, (folder.name, row["epoch"])
+            if row["checkpoint_dir_name"]:
+                saved_at = row["time_total_s"]
+            best = max(best, row["val_accuracy"])
+    assert not_saved > 0  # these trials take seconds: some epochs were not checkpointed
 
 
 def test_report_reads_the_search_back_from_mlflow(finished_search, capsys) -> None:

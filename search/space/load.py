@@ -87,7 +87,7 @@ def _params(reader: Reader, top: dict[str, Any]) -> dict[str, Param]:
 def _search(reader: Reader, raw: Any) -> SearchSettings:
     s = reader.mapping(raw, "search", {"num_samples", "sampler", "startup_trials",
                                        "max_concurrent", "max_failures", "feature_cache",
-                                       "resources", "asha"})
+                                       "checkpoint_every_s", "resources", "asha"})
     sampler = s.get("sampler", "tpe")
     if sampler not in ("tpe", "random"):
         raise reader.fail("search.sampler", f"expected tpe or random, got {sampler!r}")
@@ -114,6 +114,8 @@ def _search(reader: Reader, raw: Any) -> SearchSettings:
         max_concurrent=reader.number(s, "max_concurrent", "search", int, 2, 1, MAX_CONCURRENT),
         max_failures=reader.number(s, "max_failures", "search", int, 2, 0, 100),
         feature_cache=reader.typed(s.get("feature_cache", True), bool, "search.feature_cache"),
+        checkpoint_every_s=reader.number(s, "checkpoint_every_s", "search", float, 60.0, 0,
+                                         86400),
         resources=Resources(reader.number(r, "cpu", "search.resources", float, 1.0, 0.01, 1024),
                             gpu),
         asha=asha,

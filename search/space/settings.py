@@ -32,5 +32,8 @@ class SearchSettings:
     # trials with a frozen backbone and no augmentation train on its output, computed once
     # (trainables/features.py); false: every epoch runs the whole model, as before
     feature_cache: bool = True
+    # a running trial checkpoints at each new best val_accuracy and otherwise once this many
+    # seconds have passed since its last (0: every epoch); a retry trains that much again
+    checkpoint_every_s: float = 60.0
     resources: Resources = Resources()
     asha: Asha = Asha()

@@ -20,6 +20,7 @@ from ray.tune.trainable.metadata import _TrainingRunMetadata
 from search import saved_state
 from search.checkpoints import (
     CHECKPOINT_PREFIX,
+    Cadence,
     beaten,
     best_checkpoint,
     best_score,
@@ -42,6 +43,17 @@ def test_best_checkpoint_is_the_first_with_the_highest_val_accuracy(tmp_path) ->
     first, second, third = (tune.Checkpoint(str(tmp_path / str(i))) for i in range(3))
     assert best_checkpoint([(first, {"val_accuracy": 0.5}), (second, {"val_accuracy": 0.9}),
                             (third, {"val_accuracy": 0.9})]) == second
+
+
+def test_a_trial_checkpoints_at_each_new_best_and_otherwise_once_its_interval_passed() -> None:
+    cadence = Cadence(every_s=60)
+    # (val_accuracy, seconds) of each epoch -> whether it is checkpointed
+    epochs = [(0.5, 1), (0.5, 2), (0.4, 30), (0.6, 31), (0.6, 32), (0.6, 90), (0.55, 91),
+              (0.55, 150), (0.7, 151)]
+    assert [cadence.due(score, now) for score, now in epochs] == \
+        [True, False, False, True, False, False, True, False, True]
+    every_epoch = Cadence(every_s=0)
+    assert all(every_epoch.due(score, now) for score, now in epochs)
 
 
 def test_no_checkpoint_without_the_metric(tmp_path) -> None:

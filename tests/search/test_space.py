@@ -49,6 +49,7 @@ def test_parses_distributions_and_defaults(tmp_path: Path) -> None:
     assert space.params["optimizer"] == Fixed("adam")
     assert space.data.root.is_absolute()
     assert space.search.max_failures == 2 and space.search.startup_trials is None
+    assert space.search.checkpoint_every_s == 60.0
 
 
 @pytest.mark.parametrize("changes, where, rule", [
@@ -71,6 +72,7 @@ def test_parses_distributions_and_defaults(tmp_path: Path) -> None:
      "must be <= max_epochs"),
     ({"search.resources.gpu": 1.5}, "search.resources.gpu", "must be whole"),
     ({"search.max_failures": -1}, "search.max_failures", "must lie in [0"),
+    ({"search.checkpoint_every_s": -1}, "search.checkpoint_every_s", "must lie in [0"),
     ({"search.startup_trials": 0}, "search.startup_trials", "must lie in [1"),
     ({"data.validation": 0.6, "data.test": 0.5}, "data", "sum to < 1"),
     ({"data.train": {"path": "x", "pattern": "^cat"}}, "data.train.pattern", "exactly one"),
