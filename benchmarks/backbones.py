@@ -10,9 +10,10 @@ class. VGG16 has random weights (the compute of ImageNet's, with no download).
    the blood-cells report's shape: its VGG16 baseline (flatten, dense 256, dropout 0.5,
    RMSprop, batch 50) at 150 px, 4 classes of 100 training and 20 validation photos (what
    2 CPUs train on pixels in about a minute an epoch).
-2. The whole search, the same trials both ways (`search.feature_cache` on and off, same
-   seed), ASHA as in the space: its wall time and the search folder's peak size, watched
-   while it runs. At 64 px and 12 trials of up to 12 epochs (`--quick`: 8 trials of up to
+2. The whole search, the same trials both ways (same seed): as before (`search.feature_cache`
+   off, a checkpoint every epoch) and now (the cache on, the default checkpoint cadence),
+   ASHA as in the space: its wall time and the search folder's peak size, watched while it
+   runs. At 64 px and 12 trials of up to 12 epochs (`--quick`: 8 trials of up to
    9), so that the path before the cache fits in minutes on 2 cores.
 
 3. The 30-trial search's folder at 224 px, projected from part 1's checkpoint sizes, the
@@ -252,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for feature_cache in (False, True):
         with tempfile.TemporaryDirectory() as tmp:
-            runs[feature_cache] = r = search_figures(
-                with_search(small, Path(tmp) / "cache", feature_cache=feature_cache), Path(tmp))
+            runs[feature_cache] = r = search_figures(with_search(
+                small, Path(tmp) / "cache", feature_cache=feature_cache,
+                checkpoint_every_s=SearchSettings().checkpoint_every_s if feature_cache else 0.0),
+                Path(tmp))
         print(f"  feature cache {'on ' if feature_cache else 'off'}: {r['wall_s']:.0f} s, "
               f"{r['trials']} trials ({r['on_features']} on features), {r['epochs']} epochs, "
               f"folder peak {r['peak_folder_mb']:.1f} MB (at the end "
