@@ -64,6 +64,7 @@ class Meter:
     trial start, result and end (wall clock, the driver's CPU seconds, its RSS)."""
     seconds: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
     methods: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
+    calls: Counter[str] = dataclasses.field(default_factory=Counter)
     requests: int = 0
     events: list[tuple[str, float, float]] = dataclasses.field(default_factory=list)
     rss_mb: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (ended, MB)
@@ -99,6 +100,7 @@ def metered() -> Iterator[Meter]:
                 elapsed = time.perf_counter() - started
                 meter.seconds[part] += elapsed
                 meter.methods[f"{owner.__name__}.{name}"] += elapsed
+                meter.calls[f"{owner.__name__}.{name}"] += 1
 
         saved.append((owner, name, original))
         setattr(owner, name, timed)
@@ -149,14 +151,17 @@ def mlflow_server(folder: Path) -> Iterator[str]:
         server.wait(timeout=30)
 
 
-def run(trials: int, concurrent: int, epochs: int = 20, epoch_s: float = 0.05) -> dict[str, Any]:
-    """One search of `trials` curve trials, `concurrent` at a time on this machine's CPUs."""
+def run(trials: int, concurrent: int, epochs: int = 20, epoch_s: float = 0.05,
+        checkpoint_every_s: float = 60.0) -> dict[str, Any]:
+    """One search of `trials` curve trials, `concurrent` at a time on this machine's CPUs,
+    checkpointing as `search.checkpoint_every_s` says (0: every epoch)."""
     cpus = os.cpu_count() or 1
     space = load_space(HERE / "curves.yaml")
     space = dataclasses.replace(
         space, params={**space.params, "epochs": Fixed(epochs)},
         search=dataclasses.replace(
             space.search, num_samples=trials, max_concurrent=concurrent,
+            checkpoint_every_s=checkpoint_every_s,
             resources=dataclasses.replace(space.search.resources,
                                           cpu=round(cpus / concurrent, 3)),
             asha=Asha(max_epochs=epochs, grace_period=1, reduction_factor=3)))
@@ -205,6 +210,7 @@ def summarise(meter: Meter, table: Any, started: float, ended: float, concurrent
         "fifths": fifths, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_growth_mb_per_1000_trials": per_1000,
         "mlflow_requests_per_result": meter.requests / results,
+        "checkpoints": meter.calls["CheckpointPruner.on_checkpoint"],
         "part_seconds": dict(meter.seconds), "method_seconds": dict(meter.methods),
         "trial_cost_growth": fifths[-1]["driver_cpu_ms_per_trial"]
         / fifths[0]["driver_cpu_ms_per_trial"],
@@ -220,7 +226,8 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"of which {r['before_first_trial_s']:.0f} s before the first trial started (Ray, "
           f"the search's folder and parent run) and {r['after_last_trial_s']:.0f} s after the "
           f"last ended (results, Optuna's views, MLflow checked against Ray)")
-    print(f"results per second: {r['results_per_s']:.0f} over the run")
+    print(f"results per second: {r['results_per_s']:.0f} over the run; "
+          f"{r['checkpoints']} of the results carried a checkpoint")
     print("by fifth of the trials (in the order they ended):")
     for f in r["fifths"]:
         print(f"  {f['fifth']}: {f['results_per_s']:6.0f} results/s, driver CPU "
@@ -248,8 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=2000)
     p.add_argument("--concurrent", type=int, default=8)
     p.add_argument("--epoch-s", type=float, default=0.05)
+    p.add_argument("--checkpoint-every-s", type=float, default=60.0,
+                   help="search.checkpoint_every_s (0: a checkpoint every epoch)")
     args = p.parse_args(argv)
-    r = run(args.trials, args.concurrent, epoch_s=args.epoch_s)
+    r = run(args.trials, args.concurrent, epoch_s=args.epoch_s,
+            checkpoint_every_s=args.checkpoint_every_s)
     print_report(r)
     print_lines(r)
     return 0
