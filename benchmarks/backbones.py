@@ -26,9 +26,9 @@ class. VGG16 has random weights (the compute of ImageNet's, with no download).
    (at each new best, else once a minute), on one cache extracted first.
 
 `--epochs-only` runs part 1 alone (about a quarter of an hour; the searches take most of an
-hour), `--cadence-only` part 4. Ends with lines for scripts: `epoch_speedup=`,
-`blood_cells_epoch_speedup=`, `search_speedup=`, `largest_checkpoint_mb=`, `peak_folder_mb=`,
-`projected_peak_224px_mb=`, `cadence_speedup=`.
+hour), `--search-only` part 2, `--cadence-only` part 4. Ends with lines for scripts:
+`epoch_speedup=`, `blood_cells_epoch_speedup=`, `search_speedup=`, `largest_checkpoint_mb=`,
+`peak_folder_mb=`, `projected_peak_224px_mb=`, `cadence_speedup=`.
 """
 
 from __future__ import annotations
@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.backbones", description=__doc__)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--epochs-only", action="store_true", help="part 1 alone")
+    p.add_argument("--search-only", action="store_true", help="part 2 alone")
     p.add_argument("--cadence-only", action="store_true", help="part 4 alone")
     args = p.parse_args(argv)
     configure_tensorflow(float(os.cpu_count() or 1), 0.0)
@@ -221,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     write_photos(Path(space.data.root))
     if args.cadence_only:
         return cadence(space)
+    if args.search_only:
+        print_search_lines(whole_search(space, args.quick))
+        return 0
     blood = blood_cells_space(space)
     write_photos(Path(blood.data.root), BLOOD_CELLS_PER_CLASS, 4)
     report = {"model2": space, "vgg16_frozen": blood}
@@ -246,23 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs_only:
         print(f"\n{speedups}")
         return 0
-    size, n, max_epochs = (64, 8, 9) if args.quick else (64, 12, 12)
-    small = smaller(space, size, n, max_epochs)
-    print(f"\n2. the whole search: {n} trials at {size} px, ASHA up to {max_epochs} epochs, "
-          "grace 3, 2 at a time")
-    runs = {}
-    for feature_cache in (False, True):
-        with tempfile.TemporaryDirectory() as tmp:
-            runs[feature_cache] = r = search_figures(with_search(
-                small, Path(tmp) / "cache", feature_cache=feature_cache,
-                checkpoint_every_s=SearchSettings().checkpoint_every_s if feature_cache else 0.0),
-                Path(tmp))
-        print(f"  feature cache {'on ' if feature_cache else 'off'}: {r['wall_s']:.0f} s, "
-              f"{r['trials']} trials ({r['on_features']} on features), {r['epochs']} epochs, "
-              f"folder peak {r['peak_folder_mb']:.1f} MB (at the end "
-              f"{r['final_folder_mb']:.1f} MB), at most {r['most_held']} checkpoints a "
-              f"trial and {r['most_trials_holding']} trials holding any at once, best val "
-              f"{r['best_val_accuracy']:.3f}, test {r['test_accuracy']:.3f}")
+    runs = whole_search(space, args.quick)
     # at 224 px a flatten head is 12x larger than at 64: from part 1's checkpoints and what
     # the search above held at once, what the report's 30 trials would need at most (ended
     # trials hold a checkpoint only while none beats them, however many trials the search has)
@@ -276,11 +264,38 @@ def main(argv: list[str] | None = None) -> int:
           f"{concurrent} running x {r['most_held']} checkpoints x {running:.0f} MB = "
           f"{projected:.0f} MB")
     print(f"\n{speedups}")
-    print(f"search_speedup={runs[False]['wall_s'] / runs[True]['wall_s']:.2f}")
+    print_search_lines(runs)
     print(f"largest_checkpoint_mb={running:.1f}")
-    print(f"peak_folder_mb={runs[True]['peak_folder_mb']:.1f}")
     print(f"projected_peak_224px_mb={projected:.0f}")
     return cadence(space)
+
+
+def whole_search(space: Space, quick: bool) -> dict[bool, dict[str, Any]]:
+    """Part 2, printed: the search's figures before (False) and now (True)."""
+    size, n, max_epochs = (64, 8, 9) if quick else (64, 12, 12)
+    small = smaller(space, size, n, max_epochs)
+    print(f"\n2. the whole search: {n} trials at {size} px, ASHA up to {max_epochs} epochs, "
+          "grace 3, 2 at a time")
+    runs = {}
+    for feature_cache in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs[feature_cache] = r = search_figures(with_search(
+                small, Path(tmp) / "cache", feature_cache=feature_cache,
+                checkpoint_every_s=SearchSettings().checkpoint_every_s if feature_cache else 0.0),
+                Path(tmp))
+        print(f"  {'now' if feature_cache else 'before'}: {r['wall_s']:.0f} s, "
+              f"{r['trials']} trials ({r['on_features']} on features), {r['epochs']} epochs, "
+              f"{r['checkpoints']} checkpoints taking {r['checkpoint_s']:.0f} s, "
+              f"folder peak {r['peak_folder_mb']:.1f} MB (at the end "
+              f"{r['final_folder_mb']:.1f} MB), at most {r['most_held']} checkpoints a "
+              f"trial and {r['most_trials_holding']} trials holding any at once, best val "
+              f"{r['best_val_accuracy']:.3f}, test {r['test_accuracy']:.3f}")
+    return runs
+
+
+def print_search_lines(runs: dict[bool, dict[str, Any]]) -> None:
+    print(f"search_speedup={runs[False]['wall_s'] / runs[True]['wall_s']:.2f}")
+    print(f"peak_folder_mb={runs[True]['peak_folder_mb']:.1f}")
 
 
 def cadence(space: Space) -> int:

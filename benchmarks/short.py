@@ -17,12 +17,15 @@ from benchmarks import efficiency
 from search.space import Fixed, Space, load_space
 
 
-def short_space(space: Space) -> Space:
-    """`space` with the issue's Hyperband schedule: up to 9 epochs, ASHA's rungs at 1, 3, 9."""
+def short_space(space: Space, checkpoint_every_s: float | None = None) -> Space:
+    """`space` with the issue's Hyperband schedule: up to 9 epochs, ASHA's rungs at 1, 3, 9;
+    and `search.checkpoint_every_s` if given (0: a checkpoint every epoch)."""
     asha = dataclasses.replace(space.search.asha, max_epochs=9, grace_period=1,
                                reduction_factor=3)
+    every = space.search.checkpoint_every_s if checkpoint_every_s is None else checkpoint_every_s
     return dataclasses.replace(space, params={**space.params, "epochs": Fixed(9)},
-                               search=dataclasses.replace(space.search, asha=asha))
+                               search=dataclasses.replace(space.search, asha=asha,
+                                                          checkpoint_every_s=every))
 
 
 def run(space: Space, seeds: list[int]) -> pd.DataFrame:
@@ -43,8 +46,10 @@ def report(table: pd.DataFrame) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.short", description=__doc__)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--checkpoint-every-s", type=float, default=None,
+                   help="search.checkpoint_every_s (0: every epoch; default: the space's)")
     args = p.parse_args(argv)
-    space = short_space(load_space(Path("spaces/digits.yaml")))
+    space = short_space(load_space(Path("spaces/digits.yaml")), args.checkpoint_every_s)
     print(f"short trials: digits, seeds {args.seeds}, KerasTuner Hyperband against this "
           f"search at Hyperband's epochs")
     speedup = report(run(space, args.seeds))
