@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import tempfile
 import threading
@@ -47,6 +46,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from benchmarks.trials import epoch_rows
 from search.checkpoints import CHECKPOINT_PREFIX
 from search.driver import Options, run_search
 from search.space import Fixed, SearchSettings, Space, load_space
@@ -158,15 +158,14 @@ def search_figures(space: Space, folder: Path) -> dict[str, Any]:
     finally:
         done.set()
         watcher.join()
-    table = outcome.table
-    rows = [json.loads(line) for result in storage.glob("*/part-*/*/result.json")
-            for line in result.read_text().splitlines()]
-    return {"wall_s": time.perf_counter() - started, "trials": len(table),
+    wall_s = time.perf_counter() - started
+    table, rows = outcome.table, epoch_rows(outcome.results_path)
+    return {"wall_s": wall_s, "trials": len(table),
             "epochs": int(table["epochs_run"].sum()), "peak_folder_mb": peak[0],
             "most_held": held[0], "most_trials_holding": holding[0],
             "final_folder_mb": _size_mb(storage),
-            "checkpoints": sum(bool(row["checkpoint_dir_name"]) for row in rows),
-            "checkpoint_s": sum(row["checkpoint_s"] for row in rows),
+            "checkpoints": int(rows["checkpoint_dir_name"].notna().sum()),
+            "checkpoint_s": float(rows["checkpoint_s"].sum()),
             "on_features": int((table["trained_on"] == "features").sum()),
             "best_val_accuracy": float(table["best_val_accuracy"].max()),
             "test_accuracy": outcome.held_out_accuracy}

@@ -152,11 +152,13 @@ def mlflow_server(folder: Path) -> Iterator[str]:
 
 
 def run(trials: int, concurrent: int, epochs: int = 20, epoch_s: float = 0.05,
-        checkpoint_every_s: float = 60.0) -> dict[str, Any]:
+        checkpoint_every_s: float | None = None) -> dict[str, Any]:
     """One search of `trials` curve trials, `concurrent` at a time on this machine's CPUs,
-    checkpointing as `search.checkpoint_every_s` says (0: every epoch)."""
+    with `search.checkpoint_every_s` if given (0: a checkpoint every epoch)."""
     cpus = os.cpu_count() or 1
     space = load_space(HERE / "curves.yaml")
+    if checkpoint_every_s is None:
+        checkpoint_every_s = space.search.checkpoint_every_s
     space = dataclasses.replace(
         space, params={**space.params, "epochs": Fixed(epochs)},
         search=dataclasses.replace(
@@ -255,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=2000)
     p.add_argument("--concurrent", type=int, default=8)
     p.add_argument("--epoch-s", type=float, default=0.05)
-    p.add_argument("--checkpoint-every-s", type=float, default=60.0,
-                   help="search.checkpoint_every_s (0: a checkpoint every epoch)")
+    p.add_argument("--checkpoint-every-s", type=float, default=None,
+                   help="search.checkpoint_every_s (0: every epoch; default: the space's)")
     args = p.parse_args(argv)
     r = run(args.trials, args.concurrent, epoch_s=args.epoch_s,
             checkpoint_every_s=args.checkpoint_every_s)

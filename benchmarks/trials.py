@@ -17,10 +17,15 @@ class SearchTrials:
     lifetimes: pd.DataFrame  # one row per trial: trial_id, start, end (driver clock, seconds)
 
 
-def read_trials(results_path: str, tracking_uri: str, parent_run_id: str) -> SearchTrials:
+def epoch_rows(results_path: str) -> pd.DataFrame:
+    """One row per epoch any trial reported (Tune's result.json in each trial's folder)."""
     frames = [pd.read_json(p, lines=True)
               for p in Path(results_path).parent.glob("part-*/*/result.json") if p.stat().st_size]
-    epochs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def read_trials(results_path: str, tracking_uri: str, parent_run_id: str) -> SearchTrials:
+    epochs = epoch_rows(results_path)
     client = MlflowClient(tracking_uri)
     parent = client.get_run(parent_run_id)
     children = client.search_runs([parent.info.experiment_id],
