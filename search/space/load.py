@@ -85,39 +85,47 @@ def _params(reader: Reader, top: dict[str, Any]) -> dict[str, Param]:
 
 
 def _search(reader: Reader, raw: Any) -> SearchSettings:
+    """The search section; a key left out takes `SearchSettings`' default."""
+    d = SearchSettings()
     s = reader.mapping(raw, "search", {"num_samples", "sampler", "startup_trials",
                                        "max_concurrent", "max_failures", "feature_cache",
                                        "checkpoint_every_s", "resources", "asha"})
-    sampler = s.get("sampler", "tpe")
+    sampler = s.get("sampler", d.sampler)
     if sampler not in ("tpe", "random"):
         raise reader.fail("search.sampler", f"expected tpe or random, got {sampler!r}")
     r = reader.mapping(s.get("resources") or {}, "search.resources", {"cpu", "gpu"})
     a = reader.mapping(s.get("asha") or {}, "search.asha",
                        {"max_epochs", "grace_period", "reduction_factor"})
-    max_epochs = reader.number(a, "max_epochs", "search.asha", int, 10, 1, MAX_EPOCHS)
-    grace_period = reader.number(a, "grace_period", "search.asha", int, 1, 1, MAX_EPOCHS)
+    max_epochs = reader.number(a, "max_epochs", "search.asha", int, d.asha.max_epochs, 1,
+                               MAX_EPOCHS)
+    grace_period = reader.number(a, "grace_period", "search.asha", int, d.asha.grace_period, 1,
+                                 MAX_EPOCHS)
     if grace_period > max_epochs:
         if "search.asha.max_epochs" not in reader.options:
             raise reader.fail("search.asha.grace_period", f"must be <= max_epochs "
                               f"({max_epochs}), got {grace_period}")
         grace_period = max_epochs  # a shorter search asked for on the command line
     asha = Asha(max_epochs, grace_period,
-                reader.number(a, "reduction_factor", "search.asha", float, 3.0, 1.01, 100))
-    gpu = reader.number(r, "gpu", "search.resources", float, 0.0, 0, 64)
+                reader.number(a, "reduction_factor", "search.asha", float,
+                              d.asha.reduction_factor, 1.01, 100))
+    gpu = reader.number(r, "gpu", "search.resources", float, d.resources.gpu, 0, 64)
     if gpu > 1 and not gpu.is_integer():
         raise reader.fail("search.resources.gpu", f"a share above 1 must be whole, got {gpu}")
     return SearchSettings(
-        num_samples=reader.number(s, "num_samples", "search", int, 10, 1, MAX_TRIALS),
+        num_samples=reader.number(s, "num_samples", "search", int, d.num_samples, 1,
+                                  MAX_TRIALS),
         sampler=sampler,
         startup_trials=reader.number(s, "startup_trials", "search", int, None, 1, MAX_TRIALS)
         if "startup_trials" in s else None,
-        max_concurrent=reader.number(s, "max_concurrent", "search", int, 2, 1, MAX_CONCURRENT),
-        max_failures=reader.number(s, "max_failures", "search", int, 2, 0, 100),
-        feature_cache=reader.typed(s.get("feature_cache", True), bool, "search.feature_cache"),
-        checkpoint_every_s=reader.number(s, "checkpoint_every_s", "search", float, 60.0, 0,
-                                         86400),
-        resources=Resources(reader.number(r, "cpu", "search.resources", float, 1.0, 0.01, 1024),
-                            gpu),
+        max_concurrent=reader.number(s, "max_concurrent", "search", int, d.max_concurrent, 1,
+                                     MAX_CONCURRENT),
+        max_failures=reader.number(s, "max_failures", "search", int, d.max_failures, 0, 100),
+        feature_cache=reader.typed(s.get("feature_cache", d.feature_cache), bool,
+                                   "search.feature_cache"),
+        checkpoint_every_s=reader.number(s, "checkpoint_every_s", "search", float,
+                                         d.checkpoint_every_s, 0, 86400),
+        resources=Resources(reader.number(r, "cpu", "search.resources", float, d.resources.cpu,
+                                          0.01, 1024), gpu),
         asha=asha,
     )
 
