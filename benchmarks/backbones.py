@@ -25,10 +25,15 @@ class. VGG16 has random weights (the compute of ImageNet's, with no download).
    checkpointed (`search.checkpoint_every_s: 0`, as before the cadence) against the default
    (at each new best, else once a minute), on one cache extracted first.
 
+5. Precision: model 2's trial at 224 px (part 1's figures) and the whole search now (part
+   2's), in float32 against `precision: mixed_bfloat16` (bfloat16 compute on float32
+   weights; fast where the CPU has AVX512_BF16 or AMX).
+
 `--epochs-only` runs part 1 alone (about a quarter of an hour; the searches take most of an
-hour), `--search-only` part 2, `--cadence-only` part 4. Ends with lines for scripts:
-`epoch_speedup=`, `blood_cells_epoch_speedup=`, `search_speedup=`, `largest_checkpoint_mb=`,
-`peak_folder_mb=`, `projected_peak_224px_mb=`, `cadence_speedup=`.
+hour), `--search-only` part 2, `--cadence-only` part 4, `--precision-only` part 5. Ends with
+lines for scripts: `epoch_speedup=`, `blood_cells_epoch_speedup=`, `search_speedup=`,
+`largest_checkpoint_mb=`, `peak_folder_mb=`, `projected_peak_224px_mb=`, `cadence_speedup=`,
+`precision_epoch_speedup=`, `precision_search_speedup=`.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ PER_CLASS = {"train": 30, "validation": 5, "test": 10}  # the gemstones report's
 N_CLASSES = 10
 BLOOD_CELLS_PER_CLASS = {"train": 100, "validation": 20, "test": 1}  # 4 classes
 CADENCE_TRIALS = 12
+MIXED = "mixed_bfloat16"  # the precision part 5 measures against float32
 
 
 def write_photos(root: Path, per_class: dict[str, int] = PER_CLASS,
@@ -215,12 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs-only", action="store_true", help="part 1 alone")
     p.add_argument("--search-only", action="store_true", help="part 2 alone")
     p.add_argument("--cadence-only", action="store_true", help="part 4 alone")
+    p.add_argument("--precision-only", action="store_true", help="part 5 alone")
     args = p.parse_args(argv)
     configure_tensorflow(float(os.cpu_count() or 1), 0.0)
     space = load_space(HERE / "gemstones.yaml")
     write_photos(Path(space.data.root))
     if args.cadence_only:
         return cadence(space)
+    if args.precision_only:
+        return precision(space, args.quick)
     if args.search_only:
         print_search_lines(whole_search(space, args.quick))
         return 0
@@ -266,30 +275,37 @@ def main(argv: list[str] | None = None) -> int:
     print_search_lines(runs)
     print(f"largest_checkpoint_mb={running:.1f}")
     print(f"projected_peak_224px_mb={projected:.0f}")
-    return cadence(space)
+    cadence(space)
+    return precision(space, args.quick)
 
 
 def whole_search(space: Space, quick: bool) -> dict[bool, dict[str, Any]]:
     """Part 2, printed: the search's figures before (False) and now (True)."""
+    small = _smaller_search(space, quick, "2. the whole search")
+    return {False: _search_side(small, "before", feature_cache=False, checkpoint_every_s=0.0),
+            True: _search_side(small, "now")}
+
+
+def _smaller_search(space: Space, quick: bool, title: str) -> Space:
+    """The gemstones search at the size part 2 runs it, its title printed."""
     size, n, max_epochs = (64, 8, 9) if quick else (64, 12, 12)
-    small = smaller(space, size, n, max_epochs)
-    print(f"\n2. the whole search: {n} trials at {size} px, ASHA up to {max_epochs} epochs, "
-          "grace 3, 2 at a time")
-    runs = {}
-    for feature_cache in (False, True):
-        with tempfile.TemporaryDirectory() as tmp:
-            runs[feature_cache] = r = search_figures(with_search(
-                small, Path(tmp) / "cache", feature_cache=feature_cache,
-                checkpoint_every_s=SearchSettings().checkpoint_every_s if feature_cache else 0.0),
-                Path(tmp))
-        print(f"  {'now' if feature_cache else 'before'}: {r['wall_s']:.0f} s, "
-              f"{r['trials']} trials ({r['on_features']} on features), {r['epochs']} epochs, "
-              f"{r['checkpoints']} checkpoints taking {r['checkpoint_s']:.0f} s, "
-              f"folder peak {r['peak_folder_mb']:.1f} MB (at the end "
-              f"{r['final_folder_mb']:.1f} MB), at most {r['most_held']} checkpoints a "
-              f"trial and {r['most_trials_holding']} trials holding any at once, best val "
-              f"{r['best_val_accuracy']:.3f}, test {r['test_accuracy']:.3f}")
-    return runs
+    print(f"\n{title}: {n} trials at {size} px, ASHA up to {max_epochs} epochs, grace 3, "
+          "2 at a time")
+    return smaller(space, size, n, max_epochs)
+
+
+def _search_side(space: Space, label: str, **settings: Any) -> dict[str, Any]:
+    """`space` searched once with the given `search` settings, on a cache of its own;
+    its figures, printed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        r = search_figures(with_search(space, Path(tmp) / "cache", **settings), Path(tmp))
+    print(f"  {label}: {r['wall_s']:.0f} s, {r['trials']} trials ({r['on_features']} on "
+          f"features), {r['epochs']} epochs, {r['checkpoints']} checkpoints taking "
+          f"{r['checkpoint_s']:.0f} s, folder peak {r['peak_folder_mb']:.1f} MB (at the end "
+          f"{r['final_folder_mb']:.1f} MB), at most {r['most_held']} checkpoints a trial and "
+          f"{r['most_trials_holding']} trials holding any at once, best val "
+          f"{r['best_val_accuracy']:.3f}, test {r['test_accuracy']:.3f}")
+    return r
 
 
 def print_search_lines(runs: dict[bool, dict[str, Any]]) -> None:
@@ -311,6 +327,33 @@ def cadence(space: Space) -> int:
               f"{r['best_val_accuracy']:.3f}, test {r['test_accuracy']:.3f}")
     before, after = runs.values()
     print(f"cadence_speedup={before['wall_s'] / after['wall_s']:.2f}")
+    return 0
+
+
+def with_precision(space: Space, precision: str) -> Space:
+    """`space` with every trial, baselines included, computing in `precision`."""
+    return dataclasses.replace(
+        space, params={**space.params, "precision": Fixed(precision)},
+        baselines={n: b.replace(precision=precision) for n, b in space.baselines.items()})
+
+
+def precision(space: Space, quick: bool) -> int:
+    """Part 5, printed: float32 against mixed bfloat16, in a trial and in the whole search."""
+    print(f"\n5. precision: float32 against {MIXED}. The gemstones report's model 2 at 224 px "
+          f"(frozen VGG16), {os.cpu_count()} CPUs")
+    config = space.baselines["model2"]
+    epochs = {}
+    for p in ("float32", MIXED):
+        with tempfile.TemporaryDirectory() as tmp:
+            epochs[p] = e = epoch_figures(space, config.replace(precision=p), Path(tmp))
+        print(f"  {p}: epoch on pixels {e['pixels_epoch_s']:.1f} s, extraction once "
+              f"{e['extraction_s']:.1f} s for {e['images']} images, epoch on features "
+              f"{e['features_epoch_s']:.2f} s")
+    small = _smaller_search(space, quick, "   the whole search now (part 2), each precision")
+    runs = {p: _search_side(with_precision(small, p), p) for p in ("float32", MIXED)}
+    print(f"precision_epoch_speedup="
+          f"{epochs['float32']['pixels_epoch_s'] / epochs[MIXED]['pixels_epoch_s']:.2f}")
+    print(f"precision_search_speedup={runs['float32']['wall_s'] / runs[MIXED]['wall_s']:.2f}")
     return 0
 
 

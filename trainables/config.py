@@ -18,6 +18,10 @@ from typing import Any
 BACKBONES = ("none", "vgg16", "mobilenet_v2", "efficientnet_b0")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 FILL_MODES = ("nearest", "constant", "reflect", "wrap")
+# Keras' dtype policies: float32 (Keras' default), or the weights kept in float32 and the
+# layers computing in bfloat16 (about 2x on CPUs with AVX512_BF16 or AMX and on Ampere or
+# newer GPUs) or in float16 with the loss scaled (the tensor cores of older NVIDIA GPUs)
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Upper bounds no real search meets; past them a value is a typo (and 10^12 steps per epoch
 # would hang a trial: ASHA acts only at epoch ends)
 MAX_EPOCHS, MAX_STEPS = 10_000, 1_000_000
@@ -113,6 +117,7 @@ class TrialConfig:
     steps_per_epoch: int | None = _k(None, "train", int, low=1, high=MAX_STEPS, optional=True)
     validation_steps: int | None = _k(None, "train", int, low=1, high=MAX_STEPS, optional=True)
     batch_size: int = _k(32, "train", int, low=1, high=65536)
+    precision: str = _k("float32", "train", str, choices=PRECISIONS)
     # 0: no early stopping
     early_stopping_patience: int = _k(0, "train", int, low=0, high=MAX_EPOCHS)
     # augmentation (Keras preprocessing layers, training split only)

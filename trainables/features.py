@@ -32,7 +32,9 @@ CHUNK = 256  # images run through the frozen part per call
 
 
 def frozen_key(config: TrialConfig, frozen: keras.Model) -> str:
-    """What the frozen part's output depends on, besides the images."""
+    """What the frozen part's output depends on, besides the images (its precision too: a
+    part computing in bfloat16 gives other features, each a bfloat16 value, held exactly
+    in the float32 cache)."""
     weights = config.backbone_weights
     if weights == "none":
         weights = f"none-seed{config.seed}"  # random weights, drawn from the seed
@@ -43,7 +45,7 @@ def frozen_key(config: TrialConfig, frozen: keras.Model) -> str:
     # the preprocessing layer's kind: its float arithmetic is part of the features
     preprocess = [type(layer).__name__ for layer in frozen.layers if layer.name == "preprocess"]
     text = (f"{config.backbone}|{weights}|{config.image_size}|{cut}|{np.dtype(DTYPE).name}|"
-            f"{preprocess}")
+            f"{preprocess}|{config.precision}")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -11,11 +11,16 @@ to features) and the trained part (those last layers and the head, features to c
 probabilities). `join` makes the whole model of them. Training changes only the trained
 part, so a checkpoint holds only it, and a trial whose images are not augmented can train it
 on features the frozen part computed once (`trainables.features`).
+
+Layers compute in the config's `precision` (Keras' dtype policy); the output layer computes
+in float32 whatever it is, as Keras' mixed precision guide has it, so probabilities and the
+loss keep float32's range.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +79,11 @@ def build_model(config: TrialConfig, n_classes: int, channels: int) -> keras.Mod
 
 def build_parts(config: TrialConfig, n_classes: int, channels: int) -> Parts:
     """The model's frozen and trained parts, uncompiled (see `build_model`)."""
+    with _precision(config):
+        return _build_parts(config, n_classes, channels)
+
+
+def _build_parts(config: TrialConfig, n_classes: int, channels: int) -> Parts:
     if config.backbone == "none":
         inputs = keras.Input((config.image_size, config.image_size, channels), name="image")
         return Parts(None, keras.Model(inputs, _head(config, n_classes, _cnn(config, inputs)),
@@ -96,7 +106,20 @@ def frozen_part(config: TrialConfig, channels: int) -> keras.Model | None:
     part."""
     if config.backbone == "none":
         return None
-    return _frozen(config, *_backbone(config, channels))
+    with _precision(config):
+        return _frozen(config, *_backbone(config, channels))
+
+
+@contextlib.contextmanager
+def _precision(config: TrialConfig) -> Iterator[None]:
+    """Keras makes each layer with its global dtype policy: `config.precision` while the
+    model is built, then back to what it was (a worker runs trial after trial)."""
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
 
 
 def join(parts: Parts) -> keras.Model:
@@ -155,8 +178,8 @@ def _head(config: TrialConfig, n_classes: int, x: Any) -> Any:
     if config.head == "sigmoid":
         if n_classes != 2:
             raise ValueError(f"a sigmoid head needs 2 classes, the data has {n_classes}")
-        return keras.layers.Dense(1, activation="sigmoid", name="head")(x)
-    return keras.layers.Dense(n_classes, activation="softmax", name="head")(x)
+        return keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="head")(x)
+    return keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="head")(x)
 
 
 def _frozen(config: TrialConfig, base: keras.Model, cut: int) -> keras.Model:
@@ -224,6 +247,11 @@ def compile_model(model: keras.Model, config: TrialConfig,
             "rmsprop": lambda: keras.optimizers.RMSprop(rate),
             "sgd": lambda: keras.optimizers.SGD(rate, momentum=config.momentum),
         }[config.optimizer]()
+        if config.precision == "mixed_float16":
+            # float16's gradients underflow: the loss is scaled up, the gradients back down
+            # (Keras would wrap it in compile; wrapped here, the whole model that trains the
+            # trained part's optimizer gets it wrapped once)
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     binary = config.head == "sigmoid"
     loss = "binary_crossentropy" if binary else "sparse_categorical_crossentropy"
     accuracy = (keras.metrics.BinaryAccuracy if binary

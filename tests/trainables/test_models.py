@@ -13,6 +13,7 @@ from search.space import load_space
 from trainables import checkpoint
 from trainables.augment import augmentation
 from trainables.config import TrialConfig
+from trainables.features import frozen_key
 from trainables.images import Arrays
 from trainables.models import (
     Parts,
@@ -81,6 +82,24 @@ def test_stack_too_deep_for_image_is_a_clear_error() -> None:
         build_model(config, 2, 3)
 
 
+def test_mixed_precision_computes_in_it_and_keeps_float32_weights_and_output() -> None:
+    """`precision: mixed_bfloat16`: the layers compute in bfloat16 on float32 weights; the
+    output layer computes in float32; the next model a worker builds has Keras' default
+    again; and features computed in bfloat16 are cached apart from float32 ones."""
+    config = TrialConfig(image_size=32, backbone="vgg16", backbone_weights="none",
+                         dense_units=(8,), precision="mixed_bfloat16")
+    parts = build_parts(config, 3, 3)
+    conv = parts.frozen.get_layer("backbone_frozen").get_layer("block1_conv1")
+    assert (conv.compute_dtype, conv.variable_dtype) == ("bfloat16", "float32")
+    dense, head = parts.trained.get_layer("dense_0"), parts.trained.get_layer("head")
+    assert (dense.compute_dtype, head.compute_dtype) == ("bfloat16", "float32")
+    assert join(parts).predict(tiny_photos(3).train.images, verbose=0).dtype == np.float32
+    plain = build_parts(config.replace(precision="float32"), 3, 3)
+    assert plain.trained.get_layer("dense_0").compute_dtype == "float32"
+    assert frozen_key(config, parts.frozen) != frozen_key(config.replace(precision="float32"),
+                                                         plain.frozen)
+
+
 def tiny_data(n: int = 48, size: int = 10, classes: int = 2) -> TrialData:
     rng = np.random.default_rng(0)
     labels = np.arange(n, dtype=np.int32) % classes
@@ -106,16 +125,19 @@ def test_train_reports_every_epoch(head: str) -> None:
     assert reports[0]["trace_s"] > 0 and reports[1]["trace_s"] == reports[2]["trace_s"] == 0
 
 
-@pytest.mark.parametrize("head, backbone", [("softmax", "none"), ("sigmoid", "none"),
-                                            ("softmax", "vgg16")])  # a frozen part on pixels
-def test_training_makes_no_variable_inside_its_traced_steps(head: str, backbone: str) -> None:
+@pytest.mark.parametrize("head, backbone, precision", [
+    ("softmax", "none", "float32"), ("sigmoid", "none", "float32"),
+    ("softmax", "vgg16", "float32"),  # a frozen part on pixels
+    ("softmax", "none", "mixed_float16")])  # the loss scale's own variables
+def test_training_makes_no_variable_inside_its_traced_steps(head: str, backbone: str,
+                                                            precision: str) -> None:
     """A variable made inside a traced step makes TensorFlow trace it twice (0.5 s of a
     one-epoch trial): the metric and the optimizer are built before `fit`."""
     frozen = backbone != "none"
     config = TrialConfig(image_size=32 if frozen else 10, conv_blocks=1, conv_filters=(4,),
                          conv_kernel_size=(3,), dense_units=(8,), batch_size=8, head=head,
                          backbone=backbone, backbone_weights="none",
-                         augment=frozen, horizontal_flip=True)
+                         augment=frozen, horizontal_flip=True, precision=precision)
     made_in_trace = []
 
     def creator(next_creator: Any, **kwargs: Any) -> Any:
@@ -173,20 +195,23 @@ def tiny_photos(n: int = 36, size: int = 32) -> TrialData:
     return TrialData(train_split, Arrays(images[::2], labels[::2], ()), 3)
 
 
-@pytest.mark.parametrize("backbone, trainable_layers, cut_below", [
-    ("vgg16", 0, "block5_pool"),  # all frozen: the head trains on the backbone's output
-    ("vgg16", 4, "block4_pool"),  # block5 fine-tuned: cut just below it
-    ("mobilenet_v2", 0, "out_relu"),  # batch norm in the frozen part
-    ("mobilenet_v2", 9, "block_16_expand_BN"),  # cut below block 16's residual-free start
+@pytest.mark.parametrize("backbone, trainable_layers, cut_below, precision", [
+    ("vgg16", 0, "block5_pool", "float32"),  # all frozen: the head trains on its output
+    ("vgg16", 4, "block4_pool", "float32"),  # block5 fine-tuned: cut just below it
+    ("vgg16", 4, "block4_pool", "mixed_bfloat16"),  # bfloat16 features, cached as float32
+    ("mobilenet_v2", 0, "out_relu", "float32"),  # batch norm in the frozen part
+    # cut below block 16's residual-free start
+    ("mobilenet_v2", 9, "block_16_expand_BN", "float32"),
 ])
 def test_the_frozen_part_computed_once_trains_the_same_model(
-        backbone: str, trainable_layers: int, cut_below: str) -> None:
+        backbone: str, trainable_layers: int, cut_below: str, precision: str) -> None:
     """Training the trained part on cached features and the whole model on pixels give the
     same metrics at the same seed; the whole model joined from the parts predicts what the
     trained part predicts on the frozen part's output."""
     config = TrialConfig(image_size=32, backbone=backbone, backbone_weights="none",
                          backbone_trainable_layers=trainable_layers, dense_units=(16,),
-                         dense_dropout=0.25, batch_size=8, learning_rate=1e-3)
+                         dense_dropout=0.25, batch_size=8, learning_rate=1e-3,
+                         precision=precision)
     runs = {}
     for feature_cache in (True, False):
         reports: list[dict] = []
@@ -219,12 +244,14 @@ def test_a_checkpoint_holds_the_trained_part_only(tmp_path: Path) -> None:
     assert parts.frozen.count_params() == 14_714_688  # VGG16 without its top
 
 
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])  # with its loss scale
 def test_a_checkpoint_resumes_with_its_optimizer_and_registers_without_it(
-        tmp_path: Path) -> None:
+        tmp_path: Path, precision: str) -> None:
     """Resume gets the trained part and its optimizer's state back as they were; a checkpoint
     that gave up its optimizer state still gives the whole model."""
     config = TrialConfig(image_size=32, backbone="vgg16", backbone_weights="none",
-                         dense_units=(256,), batch_size=8, learning_rate=1e-3)
+                         dense_units=(256,), batch_size=8, learning_rate=1e-3,
+                         precision=precision)
     parts = train(config, tiny_photos(), lambda m, trained: checkpoint.save(trained, tmp_path,
                                                                             m["epoch"]),
                   epochs=1)
