@@ -20,6 +20,8 @@ from search.prepare import prepare_data
 from search.space import Space
 
 METHODS = ("hyperband", "tpe_asha", "random", "baselines")
+# one method's run on one space and seed: (space, seed, method, best val_accuracy by epochs)
+Curve = tuple[str, int, str, pd.DataFrame]
 
 
 def _variant(space: Space, method: str, seed: int) -> Space:
@@ -70,7 +72,7 @@ def compute_to_match(ours: pd.DataFrame, target: float, budget: int) -> float:
     return float(reached["epochs"].iloc[0] / budget) if len(reached) else float("inf")
 
 
-def curve_table(curves: list, marks: list[int]) -> pd.DataFrame:
+def curve_table(curves: list[Curve], marks: list[int]) -> pd.DataFrame:
     """Best validation accuracy against compute: for each space and method, the median over
     seeds of the best reached within each number of epochs in `marks`."""
     rows = [{"space": space, "method": method, "seed": seed,
@@ -80,10 +82,11 @@ def curve_table(curves: list, marks: list[int]) -> pd.DataFrame:
 
 
 def run(spaces: list[Space], seeds: list[int],
-        methods: tuple[str, ...] = METHODS) -> tuple[pd.DataFrame, list]:
+        methods: tuple[str, ...] = METHODS) -> tuple[pd.DataFrame, list[Curve]]:
     """Each of `methods` (Hyperband first: its epochs are the others' budget) on every space
     and seed. Returns the runs table and the curves."""
-    rows, curves = [], []
+    rows: list[dict[str, Any]] = []
+    curves: list[Curve] = []
     for space in spaces:
         for seed in seeds:
             results: dict[str, dict[str, Any]] = {}

@@ -34,17 +34,17 @@ class HyperParametersTrial:
         self.params[name] = value
         return value
 
-    def suggest_categorical(self, name: str, choices: list) -> Any:
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
         return self._keep(name, self.hp.Choice(name, choices))
 
     def suggest_int(self, name: str, low: int, high: int, step: int = 1,
                     log: bool = False) -> int:
-        return self._keep(name, self.hp.Int(name, low, high, step=step,
-                                            sampling="log" if log else "linear"))
+        return int(self._keep(name, self.hp.Int(name, low, high, step=step,
+                                                sampling="log" if log else "linear")))
 
     def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
-        return self._keep(name, self.hp.Float(name, low, high,
-                                              sampling="log" if log else "linear"))
+        return float(self._keep(name, self.hp.Float(name, low, high,
+                                                    sampling="log" if log else "linear")))
 
 
 class SpaceHyperModel(kt.HyperModel):
@@ -57,7 +57,9 @@ class SpaceHyperModel(kt.HyperModel):
 
     def config(self, hp: kt.HyperParameters) -> TrialConfig:
         trial = HyperParametersTrial(hp)
-        return TrialConfig.from_params({**self.define(trial), **trial.params})
+        # duck-typed: it has the suggest_* methods the space's define-by-run function calls
+        drawn = self.define(trial)  # type: ignore[arg-type]
+        return TrialConfig.from_params({**drawn, **trial.params})
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         config = self.config(hp)

@@ -27,7 +27,7 @@ from trainables.images import load_arrays
 from trainables.pipeline import make_dataset
 from trainables.resources import freeze_imports
 
-AUGMENT = {"rotation": 20.0, "width_shift": 0.2, "height_shift": 0.2, "shear": 0.2,
+AUGMENT: dict[str, Any] = {"rotation": 20.0, "width_shift": 0.2, "height_shift": 0.2, "shear": 0.2,
            "zoom": 0.2, "horizontal_flip": True}
 
 

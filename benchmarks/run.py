@@ -14,6 +14,7 @@ import os
 import platform
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -41,7 +42,7 @@ def larger(space: Space) -> Space:
         search=dataclasses.replace(space.search, num_samples=32, asha=asha))
 
 
-def print_overhead(o: dict) -> None:
+def print_overhead(o: dict[str, Any]) -> None:
     core = o["wall_s"] * o["cpus"]
     print(f"wall {o['wall_s']:.1f} s x {o['cpus']:.0f} CPUs = {core:.0f} core-s, "
           f"{o['trials']} trials")
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n3. search efficiency, seeds {seeds}, each search given the epochs Hyperband "
           f"spends")
     shapes = load_space(HERE / "shapes.yaml")
-    write_shapes(shapes.data.root)
+    write_shapes(Path(shapes.data.root))
     # quick: one seed of the slower shapes set, to stay under 20 minutes
     runs = [efficiency.run([digits], seeds),
             efficiency.run([shapes], seeds if not args.quick else seeds[:1])]

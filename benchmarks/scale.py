@@ -24,7 +24,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,7 @@ def metered() -> Iterator[Meter]:
     for part, (owner, names) in PARTS.items():
         for name in names:
             wrap(owner, name, part, events.get(name) if owner is TrialRunLogger else None)
-    original_request = rest.http_request
+    original_request: Callable[..., Any] = rest.http_request
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         meter.requests += 1

@@ -44,7 +44,8 @@ def curve(epochs: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
                          "best": ordered[metric].cummax()})
 
 
-def core_time(trials: SearchTrials, wall_s: float, cpus: float, cpus_per_trial: float) -> dict:
+def core_time(trials: SearchTrials, wall_s: float, cpus: float,
+              cpus_per_trial: float) -> dict[str, float]:
     """Where the search's core-seconds (wall x CPUs) went, in seconds."""
     e, life = trials.epochs, trials.lifetimes.set_index("trial_id")
     per_trial = e.groupby("trial_id").agg(step=("step_s", "sum"), trace=("trace_s", "sum"),
