@@ -36,22 +36,29 @@ BACKBONES = ("vgg16", "mobilenet_v2", "efficientnet_b0")
 
 
 def test_models_load_without_pickle_or_this_package(tmp_path: Path) -> None:
-    """Each backbone's preprocessing included (the CNNs' model is the end-to-end search's)."""
+    """Each backbone's preprocessing included (the CNNs' model is the end-to-end search's),
+    and a model that computes in bfloat16, its layers' dtype policies kept."""
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
     np.save(tmp_path / "images.npy", images)
+    configs = {backbone: TrialConfig(image_size=32, backbone=backbone, backbone_weights="none",
+                                     dense_units=(8,)) for backbone in BACKBONES}
+    configs["vgg16_bfloat16"] = configs["vgg16"].replace(precision="mixed_bfloat16")
     expected = {}
-    for backbone in BACKBONES:
-        model = build_model(TrialConfig(image_size=32, backbone=backbone,
-                                        backbone_weights="none", dense_units=(8,)), 3, 3)
+    for name, config in configs.items():
+        model = build_model(config, 3, 3)
         # requirements stated, as the driver states them (inferring them loads the model)
-        mlflow.tensorflow.save_model(model, tmp_path / backbone, pip_requirements=["keras"])
-        assert not list((tmp_path / backbone).rglob("*.cloudpickle"))
-        expected[backbone] = model.predict(images, verbose=0)
+        mlflow.tensorflow.save_model(model, tmp_path / name, pip_requirements=["keras"])
+        assert not list((tmp_path / name).rglob("*.cloudpickle"))
+        expected[name] = model.predict(images, verbose=0)
     subprocess.run([sys.executable, "-I", "-c", LOAD_ELSEWHERE, str(tmp_path / "images.npy"),
-                    *(str(tmp_path / b) for b in BACKBONES)], check=True, capture_output=True)
-    for backbone in BACKBONES:
-        np.testing.assert_allclose(np.load(tmp_path / f"{backbone}.npy"), expected[backbone],
+                    *(str(tmp_path / name) for name in configs)], check=True,
+                   capture_output=True)
+    for name in configs:
+        np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), expected[name],
                                    rtol=1e-5, atol=1e-6)
+    # float32 and bfloat16 are not the same model: had the policy been lost on load, the
+    # bfloat16 model would have predicted the float32 one's values
+    assert not np.allclose(expected["vgg16_bfloat16"], expected["vgg16"], rtol=1e-5, atol=1e-6)
 
 
 class WritesAMarker:
