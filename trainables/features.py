@@ -4,9 +4,11 @@ same features every epoch, so computing them again each epoch is wasted work (a 
 VGG16 at 224 px is about 99% of such a trial's compute).
 
 Features are cached beside the split's decoded images, keyed by the images' cache file and
-the frozen part (backbone, weights, image size, cut layer), and memory-mapped like the
-images: one copy per node in the page cache. A lock file makes the first trial compute them
-while the others wait, rather than all computing the same thing at once.
+the frozen part (backbone, weights, image size, cut layer, precision), and memory-mapped like
+the images: one copy per node in the page cache. They are held in the dtype the frozen part
+computes in: float32, or bfloat16 or float16 under mixed precision (its values exactly, in
+half the space). A lock file makes the first trial compute them while the others wait,
+rather than all computing the same thing at once.
 """
 
 from __future__ import annotations
@@ -17,24 +19,20 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from trainables.config import TrialConfig
 from trainables.images import Arrays, write_atomic
 
-# float32, not float16: float16 would halve the cache, but it moved a fine-tuned VGG16 block's
-# validation loss after 2 epochs from 1.0924 to 1.0986 on the test images, where float32
-# features give the pixel path's metrics (tests/trainables/test_models.py)
-DTYPE = np.float32
 CHUNK = 256  # images run through the frozen part per call
 
 
 def frozen_key(config: TrialConfig, frozen: keras.Model) -> str:
-    """What the frozen part's output depends on, besides the images (its precision too: a
-    part computing in bfloat16 gives other features, each a bfloat16 value, held exactly
-    in the float32 cache)."""
+    """What the frozen part's output depends on, besides the images."""
     weights = config.backbone_weights
     if weights == "none":
         weights = f"none-seed{config.seed}"  # random weights, drawn from the seed
@@ -44,7 +42,7 @@ def frozen_key(config: TrialConfig, frozen: keras.Model) -> str:
     cut = frozen.get_layer("backbone_frozen").layers[-1].name
     # the preprocessing layer's kind: its float arithmetic is part of the features
     preprocess = [type(layer).__name__ for layer in frozen.layers if layer.name == "preprocess"]
-    text = (f"{config.backbone}|{weights}|{config.image_size}|{cut}|{np.dtype(DTYPE).name}|"
+    text = (f"{config.backbone}|{weights}|{config.image_size}|{cut}|{_dtype(frozen).name}|"
             f"{preprocess}|{config.precision}")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -60,12 +58,22 @@ def features(frozen: keras.Model, arrays: Arrays, key: str) -> Arrays:
         with _locked(path.with_suffix(".lock")):
             if not path.exists():  # another trial may have written it while we waited
                 write_atomic(path, lambda f: np.save(f, _compute(frozen, arrays.images)))
-    return _with(arrays, np.load(path, mmap_mode="r"))
+    # NumPy writes bfloat16 (not a NumPy type) as 2-byte records: read back as what they are
+    return _with(arrays, np.load(path, mmap_mode="r").view(_dtype(frozen)))
+
+
+def _dtype(frozen: keras.Model) -> np.dtype[Any]:
+    """The dtype the frozen part computes its output in. Not narrower features than that:
+    float32 features cached as float16 moved a fine-tuned VGG16 block's validation loss
+    after 2 epochs from 1.0924 to 1.0986 on the test images, where features in the part's
+    own dtype give the pixel path's metrics (tests/trainables/test_models.py)."""
+    dtype: np.dtype[Any] = np.dtype(tf.as_dtype(frozen.output.dtype).as_numpy_dtype)
+    return dtype
 
 
 def _compute(frozen: keras.Model, images: np.ndarray) -> np.ndarray:
     shape = frozen.output_shape[1:]
-    out = np.empty((len(images), *shape), dtype=DTYPE)
+    out = np.empty((len(images), *shape), dtype=_dtype(frozen))
     for start in range(0, len(images), CHUNK):
         batch = np.asarray(images[start:start + CHUNK], dtype=np.float32)
         out[start:start + len(batch)] = frozen.predict(batch, batch_size=32, verbose=0)

@@ -13,7 +13,7 @@ from search.space import load_space
 from trainables import checkpoint
 from trainables.augment import augmentation
 from trainables.config import TrialConfig
-from trainables.features import frozen_key
+from trainables.features import features, frozen_key
 from trainables.images import Arrays
 from trainables.models import (
     Parts,
@@ -98,6 +98,25 @@ def test_mixed_precision_computes_in_it_and_keeps_float32_weights_and_output() -
     assert plain.trained.get_layer("dense_0").compute_dtype == "float32"
     assert frozen_key(config, parts.frozen) != frozen_key(config.replace(precision="float32"),
                                                          plain.frozen)
+
+
+@pytest.mark.parametrize("precision, itemsize", [("float32", 4), ("mixed_bfloat16", 2)])
+def test_features_are_cached_in_the_dtype_the_frozen_part_computes_in(
+        tmp_path: Path, precision: str, itemsize: int) -> None:
+    """A bfloat16 frozen part's features are cached as bfloat16: half of float32's space,
+    read back from the memory-mapped file as the part computed them."""
+    config = TrialConfig(image_size=32, backbone="vgg16", backbone_weights="none",
+                         precision=precision)
+    frozen = frozen_part(config, 3)
+    split = tiny_photos(6).train
+    arrays = Arrays(split.images, split.labels, (), tmp_path / "train.npy")
+    features(frozen, arrays, frozen_key(config, frozen))  # computed and written
+    cached = features(frozen, arrays, frozen_key(config, frozen)).images  # read back
+    assert cached.dtype.itemsize == itemsize and str(cached.dtype) == str(frozen.output.dtype)
+    np.testing.assert_array_equal(
+        cached, frozen.predict(split.images.astype("float32"), batch_size=32, verbose=0))
+    [file] = tmp_path.glob("train-features-*.npy")
+    assert file.stat().st_size - cached.nbytes < 256  # NumPy's header alone besides
 
 
 def tiny_data(n: int = 48, size: int = 10, classes: int = 2) -> TrialData:
