@@ -10,11 +10,13 @@ class. VGG16 has random weights (the compute of ImageNet's, with no download).
    the blood-cells report's shape: its VGG16 baseline (flatten, dense 256, dropout 0.5,
    RMSprop, batch 50) at 150 px, 4 classes of 100 training and 20 validation photos (what
    2 CPUs train on pixels in about a minute an epoch).
-2. The whole search, the same trials both ways (same seed): as before (`search.feature_cache`
-   off, a checkpoint every epoch) and now (the cache on, the default checkpoint cadence),
-   ASHA as in the space: its wall time and the search folder's peak size, watched while it
-   runs. At 64 px and 12 trials of up to 12 epochs (`--quick`: 8 trials of up to
-   9), so that the path before the cache fits in minutes on 2 cores.
+2. The whole search, the same trials each way (same seed): as before (`search.feature_cache`
+   off, a checkpoint every epoch), now (the cache on, the default checkpoint cadence), and
+   now with `precision: mixed_bfloat16` (bfloat16 compute on float32 weights: fast where
+   the CPU has AVX512_BF16 or AMX; ASHA and TPE then follow other results), ASHA as in the
+   space: its wall time and the search folder's peak size, watched while it runs. At 64 px
+   and 12 trials of up to 12 epochs (`--quick`: 8 trials of up to 9), so that the path
+   before the cache fits in minutes on 2 cores.
 
 3. The 30-trial search's folder at 224 px, projected from part 1's checkpoint sizes, the
    most checkpoints a trial held in part 2 and the most trials that held any at once (a
@@ -25,15 +27,14 @@ class. VGG16 has random weights (the compute of ImageNet's, with no download).
    checkpointed (`search.checkpoint_every_s: 0`, as before the cadence) against the default
    (at each new best, else once a minute), on one cache extracted first.
 
-5. Precision: model 2's trial at 224 px (part 1's figures) and the whole search now (part
-   2's), in float32 against `precision: mixed_bfloat16` (bfloat16 compute on float32
-   weights; fast where the CPU has AVX512_BF16 or AMX).
+5. Precision: model 2's trial at 224 px (part 1's figures) in float32 against
+   `precision: mixed_bfloat16`.
 
 `--epochs-only` runs part 1 alone (about a quarter of an hour; the searches take most of an
 hour), `--search-only` part 2, `--cadence-only` part 4, `--precision-only` part 5. Ends with
 lines for scripts: `epoch_speedup=`, `blood_cells_epoch_speedup=`, `search_speedup=`,
-`largest_checkpoint_mb=`, `peak_folder_mb=`, `projected_peak_224px_mb=`, `cadence_speedup=`,
-`precision_epoch_speedup=`, `precision_search_speedup=`.
+`search_speedup_mixed_bfloat16=`, `peak_folder_mb=`, `largest_checkpoint_mb=`,
+`projected_peak_224px_mb=`, `cadence_speedup=`, `precision_epoch_speedup=`.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ PER_CLASS = {"train": 30, "validation": 5, "test": 10}  # the gemstones report's
 N_CLASSES = 10
 BLOOD_CELLS_PER_CLASS = {"train": 100, "validation": 20, "test": 1}  # 4 classes
 CADENCE_TRIALS = 12
-MIXED = "mixed_bfloat16"  # the precision part 5 measures against float32
+MIXED = "mixed_bfloat16"  # the precision parts 2 and 5 measure against float32
 
 
 def write_photos(root: Path, per_class: dict[str, int] = PER_CLASS,
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cadence_only:
         return cadence(space)
     if args.precision_only:
-        return precision(space, args.quick)
+        return precision(space)
     if args.search_only:
         print_search_lines(whole_search(space, args.quick))
         return 0
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     # trials hold a checkpoint only while none beats them, however many trials the search has)
     kept = max(e["registrable_mb"] for e in epochs["model2"])
     running = max(e["checkpoint_mb"] for e in epochs["model2"])
-    concurrent, r = space.search.max_concurrent, runs[True]
+    concurrent, r = space.search.max_concurrent, runs["now"]
     ended = max(0, r["most_trials_holding"] - concurrent)
     projected = ended * kept + concurrent * r["most_held"] * running
     print(f"\n3. projected peak of the 30-trial search at 224 px (report 5's head): {ended} "
@@ -276,22 +277,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"largest_checkpoint_mb={running:.1f}")
     print(f"projected_peak_224px_mb={projected:.0f}")
     cadence(space)
-    return precision(space, args.quick)
+    return precision(space)
 
 
-def whole_search(space: Space, quick: bool) -> dict[bool, dict[str, Any]]:
-    """Part 2, printed: the search's figures before (False) and now (True)."""
-    small = _smaller_search(space, quick, "2. the whole search")
-    return {False: _search_side(small, "before", feature_cache=False, checkpoint_every_s=0.0),
-            True: _search_side(small, "now")}
-
-
-def _smaller_search(space: Space, quick: bool, title: str) -> Space:
-    """The gemstones search at the size part 2 runs it, its title printed."""
+def whole_search(space: Space, quick: bool) -> dict[str, dict[str, Any]]:
+    """Part 2, printed: the search's figures before, now, and now in mixed bfloat16."""
     size, n, max_epochs = (64, 8, 9) if quick else (64, 12, 12)
-    print(f"\n{title}: {n} trials at {size} px, ASHA up to {max_epochs} epochs, grace 3, "
-          "2 at a time")
-    return smaller(space, size, n, max_epochs)
+    print(f"\n2. the whole search: {n} trials at {size} px, ASHA up to {max_epochs} epochs, "
+          "grace 3, 2 at a time")
+    small = smaller(space, size, n, max_epochs)
+    return {"before": _search_side(small, "before", feature_cache=False,
+                                   checkpoint_every_s=0.0),
+            "now": _search_side(small, "now"),
+            MIXED: _search_side(with_precision(small, MIXED), f"now, {MIXED}")}
 
 
 def _search_side(space: Space, label: str, **settings: Any) -> dict[str, Any]:
@@ -308,9 +306,11 @@ def _search_side(space: Space, label: str, **settings: Any) -> dict[str, Any]:
     return r
 
 
-def print_search_lines(runs: dict[bool, dict[str, Any]]) -> None:
-    print(f"search_speedup={runs[False]['wall_s'] / runs[True]['wall_s']:.2f}")
-    print(f"peak_folder_mb={runs[True]['peak_folder_mb']:.1f}")
+def print_search_lines(runs: dict[str, dict[str, Any]]) -> None:
+    before, now, mixed = (runs[side]["wall_s"] for side in ("before", "now", MIXED))
+    print(f"search_speedup={before / now:.2f}")
+    print(f"search_speedup_{MIXED}={before / mixed:.2f}")
+    print(f"peak_folder_mb={runs['now']['peak_folder_mb']:.1f}")
 
 
 def cadence(space: Space) -> int:
@@ -337,8 +337,8 @@ def with_precision(space: Space, precision: str) -> Space:
         baselines={n: b.replace(precision=precision) for n, b in space.baselines.items()})
 
 
-def precision(space: Space, quick: bool) -> int:
-    """Part 5, printed: float32 against mixed bfloat16, in a trial and in the whole search."""
+def precision(space: Space) -> int:
+    """Part 5, printed: a trial in float32 against mixed bfloat16."""
     print(f"\n5. precision: float32 against {MIXED}. The gemstones report's model 2 at 224 px "
           f"(frozen VGG16), {os.cpu_count()} CPUs")
     config = space.baselines["model2"]
@@ -347,15 +347,11 @@ def precision(space: Space, quick: bool) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             epochs[p] = e = epoch_figures(space, config.replace(precision=p), Path(tmp))
         print(f"  {p}: epoch on pixels {e['pixels_epoch_s']:.1f} s, extraction once "
-              f"{e['extraction_s']:.1f} s for {e['images']} images, epoch on features "
-              f"{e['features_epoch_s']:.2f} s")
-    small = _smaller_search(space, quick, "   the whole search now (part 2), each precision")
-    runs = {p: _search_side(with_precision(small, p), p) for p in ("float32", MIXED)}
+              f"{e['extraction_s']:.1f} s for {e['images']} images, cache "
+              f"{e['cache_mb']:.0f} MB, epoch on features {e['features_epoch_s']:.2f} s")
     print(f"precision_epoch_speedup="
           f"{epochs['float32']['pixels_epoch_s'] / epochs[MIXED]['pixels_epoch_s']:.2f}")
-    print(f"precision_search_speedup={runs['float32']['wall_s'] / runs[MIXED]['wall_s']:.2f}")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
