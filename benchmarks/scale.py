@@ -152,9 +152,10 @@ def mlflow_server(folder: Path) -> Iterator[str]:
 
 
 def run(trials: int, concurrent: int, epochs: int = 20, epoch_s: float = 0.05,
-        checkpoint_every_s: float | None = None) -> dict[str, Any]:
+        checkpoint_every_s: float | None = None, sampler: str | None = None) -> dict[str, Any]:
     """One search of `trials` curve trials, `concurrent` at a time on this machine's CPUs,
-    with `search.checkpoint_every_s` if given (0: a checkpoint every epoch)."""
+    with `search.checkpoint_every_s` if given (0: a checkpoint every epoch) and
+    `search.sampler` if given (tpe or random; default: the space's)."""
     cpus = os.cpu_count() or 1
     space = load_space(HERE / "curves.yaml")
     if checkpoint_every_s is None:
@@ -164,6 +165,7 @@ def run(trials: int, concurrent: int, epochs: int = 20, epoch_s: float = 0.05,
         search=dataclasses.replace(
             space.search, num_samples=trials, max_concurrent=concurrent,
             checkpoint_every_s=checkpoint_every_s,
+            sampler=sampler or space.search.sampler,
             resources=dataclasses.replace(space.search.resources,
                                           cpu=round(cpus / concurrent, 3)),
             asha=Asha(max_epochs=epochs, grace_period=1, reduction_factor=3)))
@@ -259,9 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epoch-s", type=float, default=0.05)
     p.add_argument("--checkpoint-every-s", type=float, default=None,
                    help="search.checkpoint_every_s (0: every epoch; default: the space's)")
+    p.add_argument("--sampler", choices=["tpe", "random"], default=None,
+                   help="search.sampler (default: the space's, tpe)")
     args = p.parse_args(argv)
     r = run(args.trials, args.concurrent, epoch_s=args.epoch_s,
-            checkpoint_every_s=args.checkpoint_every_s)
+            checkpoint_every_s=args.checkpoint_every_s, sampler=args.sampler)
     print_report(r)
     print_lines(r)
     return 0

@@ -4,14 +4,15 @@ memory and as each experiment state it saved (`search.saved_state`) names it."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import posixpath
+import time
+from typing import Any
 
-from pyarrow.fs import FileSystem
 from ray import tune
 from ray.tune.experiment import Trial
 
 from search.checkpoints import FINAL, beaten, best_score, folder_name, pairs, thin, view
-from search.saved_state import Keeps, SavedState
+from search.saved_state import Keeps, SavedState, written_since
 
 
 class CheckpointPruner(tune.Callback):
@@ -25,11 +26,18 @@ class CheckpointPruner(tune.Callback):
     what each of those names too, until the storage path holds a later one."""
 
     def __init__(self) -> None:
-        self._states: dict[str, SavedState] = {}  # the staging folder's and the storage path's
+        self._since = time.time_ns()  # when this Tune began (`setup`)
+        self._states: tuple[SavedState, SavedState] | None = None  # staging's, storage path's
         self._landed: Keeps = {}  # what the state on the storage path keeps
         self._staged: list[tuple[bytes, Keeps]] = []  # (digest, keeps), oldest first
         self._changed: set[Trial] = set()  # trials that checkpointed or ended since
         self._deleted: set[str] = set()  # paths deleted already, not to ask the storage again
+
+    def setup(self, *args: Any, **info: Any) -> None:
+        """Tune begins (a resumed part too, with this callback unpickled): the state files
+        written in its staging folder from now on are its own."""
+        self._since = time.time_ns()
+        self._states = None
 
     def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial,
                       checkpoint: tune.Checkpoint, **info: Any) -> None:
@@ -45,15 +53,25 @@ class CheckpointPruner(tune.Callback):
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         if trials:
-            for state in self._states.values():
+            for state in self._states or ():
                 state.forget()  # the final state may keep a file's stamp: read it anyway
             self._prune(trials)
 
     def _prune(self, trials: list[Trial]) -> None:
         storage = trials[0].storage
         assert storage is not None  # Tune gives every trial its storage before it starts
-        staged = self._read(storage.experiment_driver_staging_path, None)
-        landed = self._read(storage.experiment_fs_path, storage.storage_filesystem)
+        if self._states is None:
+            staging = SavedState(storage.experiment_driver_staging_path, None,
+                                 written_since(self._since))
+            # the storage path's own file is a copy of the staging folder's: known by its
+            # name, whatever the storage's clock
+            self._states = (staging, SavedState(
+                storage.experiment_fs_path, storage.storage_filesystem,
+                lambda path: staging.file.own is not None
+                and posixpath.basename(path) == posixpath.basename(staging.file.own)))
+        # the storage path's state is a copy of one staged before, read then: parsing it
+        # again is what grows with the study (Tune's state is 22 KB a trial)
+        staged, landed = (state.read(dict(self._staged)) for state in self._states)
         if staged is False or landed is False:
             return  # a state file half-written: act once it can be read
         if staged and (not self._staged or staged[0] != self._staged[-1][0]):
@@ -93,12 +111,3 @@ class CheckpointPruner(tune.Callback):
             if trial.status == FINAL and saved is not None and saved.ended and manager:
                 scores[trial.trial_id] = best_score(pairs(manager))
         return beaten(scores)
-
-    def _read(self, folder: str, fs: FileSystem | None
-              ) -> tuple[bytes, Keeps] | None | Literal[False]:
-        if folder not in self._states:
-            self._states[folder] = SavedState(folder, fs)
-        state = self._states[folder]
-        # the storage path's state is a copy of one staged before, read then: parsing it
-        # again is what grows with the study (Tune's state is 22 KB a trial)
-        return state.read(dict(self._staged))

@@ -2,8 +2,9 @@
 folder, read again only when it changes, and what it keeps of each trial's checkpoints.
 
 Tune rewrites the whole state (about 22 KB a trial) at every save, so a read is what grows
-with the study: a folder is listed by name alone and only once it changes, a file is read
-only when its stamp changes, and only the trials whose saved entry changed are decoded.
+with the study: a folder is listed only until it holds the running Tune's own file, a file
+is read only when its stamp changes, and only the trials whose saved entry changed are
+decoded.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import fnmatch
 import hashlib
 import json
 import os
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 from pyarrow.fs import FileSystem, LocalFileSystem
@@ -27,13 +27,53 @@ from search.checkpoints import FINAL, Kept, view
 Keeps = dict[str, Kept]  # what a saved state keeps, by trial id
 
 
-class SavedState:
-    """One folder's newest saved experiment state (`fs` None: a local folder)."""
+def written_since(ns: int) -> Callable[[str], bool]:
+    """Whether a local file was last written at or after `ns` (the file system's clock ticks
+    behind the real one, never ahead: a file written before is never taken for one since)."""
+    return lambda path: os.stat(path).st_mtime_ns >= ns
 
-    def __init__(self, folder: str, fs: FileSystem | None) -> None:
-        self.folder, self._fs = folder, fs
+
+class NewestStateFile:
+    """The path of Tune's newest state file in a folder, as Tune's restore finds it (`fs`
+    None: a local folder). Tune rewrites one file, named by its session, at every save, so
+    once the folder holds the running Tune's own (`is_own`), that file is the newest for as
+    long as it runs and the folder is not listed again: the folder holds a folder per trial,
+    and listing it at every step of the driver's loop was what grew with the study."""
+
+    def __init__(self, folder: str, fs: FileSystem | None, is_own: Callable[[str], bool]):
+        self.folder, self._fs, self._is_own = folder, fs, is_own
+        self.own: str | None = None
+
+    def path(self) -> str | None:
+        if self.own is None:
+            newest = self._find()
+            if newest is not None and self._is_own(newest):
+                self.own = newest
+            return newest
+        return self.own
+
+    def _find(self) -> str | None:
+        """A local folder is listed by name alone: pyarrow's listing, which Tune's own lookup
+        uses, reads every entry's metadata."""
+        if self._fs is not None and not isinstance(self._fs, LocalFileSystem):
+            return _find_newest_experiment_checkpoint(self.folder, self._fs)
+        try:
+            names = fnmatch.filter(os.listdir(self.folder),
+                                   TuneController.CKPT_FILE_TMPL.format("*"))
+        except FileNotFoundError:
+            return None
+        return f"{self.folder}/{max(names)}" if names else None
+
+
+class SavedState:
+    """One folder's newest saved experiment state (`fs` None: a local folder; `is_own` as
+    `NewestStateFile`'s)."""
+
+    def __init__(self, folder: str, fs: FileSystem | None,
+                 is_own: Callable[[str], bool]) -> None:
+        self.file = NewestStateFile(folder, fs, is_own)
+        self._fs = fs
         self._stamp: tuple[str, int, int] | None = None  # of the file read last
-        self._listed: tuple[int, str | None] | None = None  # (folder's mtime, newest file)
         self._views = SavedViews()
 
     def read(self, known: Mapping[bytes, Keeps]
@@ -42,7 +82,7 @@ class SavedState:
         read; None if it did not (or there is none yet); False if it cannot be read whole.
         A state whose digest is in `known` (read before, from another folder) is not parsed
         again."""
-        path = self.newest()
+        path = self.file.path()
         if path is None:
             return None
         fs = self._fs or LocalFileSystem()
@@ -64,30 +104,6 @@ class SavedState:
         """Read the newest file at the next `read` even if its stamp has not changed (a
         final save may keep it)."""
         self._stamp = None
-
-    def newest(self) -> str | None:
-        """The path of Tune's newest state file in the folder, as Tune's restore finds it. A
-        local folder is listed by name alone (pyarrow's listing, which Tune's own lookup uses,
-        reads every entry's metadata, and the folder holds every trial's), and listed again
-        only once its modification time changes: a new state file changes it, and the folder
-        holds a folder per trial (0.2 ms a listing at 600 trials, two folders at every step
-        of the driver's loop)."""
-        if self._fs is not None and not isinstance(self._fs, LocalFileSystem):
-            return _find_newest_experiment_checkpoint(self.folder, self._fs)
-        try:
-            mtime = os.stat(self.folder).st_mtime_ns
-            # two changes within the file system's clock tick share a time: trust a time
-            # only once it is a second old
-            if self._listed and self._listed[0] == mtime and \
-                    time.time_ns() - mtime > 1_000_000_000:
-                return self._listed[1]
-            names = fnmatch.filter(os.listdir(self.folder),
-                                   TuneController.CKPT_FILE_TMPL.format("*"))
-        except FileNotFoundError:
-            return None
-        newest = f"{self.folder}/{max(names)}" if names else None
-        self._listed = (mtime, newest)
-        return newest
 
 
 class SavedViews:

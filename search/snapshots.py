@@ -11,14 +11,17 @@ once whole; `mend` puts the newest done copy back where the current snapshot is 
 from __future__ import annotations
 
 import json
+import os
 import pickletools
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from search.folder import ResumeError
+from search.saved_state import NewestStateFile, written_since
 
 KEPT = "kept-snapshots"  # in the experiment folder
 DONE = "done"  # written last in a kept copy: the copy is whole
@@ -31,7 +34,15 @@ class SnapshotKeeper(Callback):
     """Keeps a whole copy of Tune's latest snapshot in the experiment folder."""
 
     def __init__(self) -> None:
-        self._kept: float | None = None  # the staging snapshot's time when last kept
+        self._since = time.time_ns()  # when this Tune began (`setup`)
+        self._state: NewestStateFile | None = None  # the staging folder's state file
+        self._kept: int | None = None  # the staging snapshot's time when last kept
+
+    def setup(self, *args: Any, **info: Any) -> None:
+        """Tune begins (a resumed part too, with this callback unpickled): the state files
+        written in its staging folder from now on are its own."""
+        self._since = time.time_ns()
+        self._state = None
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         self._keep_new(trials)
@@ -44,13 +55,15 @@ class SnapshotKeeper(Callback):
         if not trials:
             return
         storage = trials[0].storage
-        staging = Path(storage.experiment_driver_staging_path)
-        files = snapshot_files(staging)
-        state = [path for path in files if path.name.startswith("experiment_state-")]
-        if not state or state[0].stat().st_mtime == self._kept:
+        if self._state is None:
+            self._state = NewestStateFile(storage.experiment_driver_staging_path, None,
+                                          written_since(self._since))
+        state = self._state.path()
+        if state is None or os.stat(state).st_mtime_ns == self._kept:
             return
-        self._kept = state[0].stat().st_mtime
-        keep(files, Path(storage.experiment_fs_path) / KEPT)
+        self._kept = os.stat(state).st_mtime_ns
+        keep(snapshot_files(Path(storage.experiment_driver_staging_path)),
+             Path(storage.experiment_fs_path) / KEPT)
 
 
 def snapshot_files(folder: Path) -> list[Path]:

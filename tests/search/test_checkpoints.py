@@ -30,7 +30,7 @@ from search.checkpoints import (
     thin,
 )
 from search.pruner import CheckpointPruner
-from search.saved_state import SavedState, SavedViews
+from search.saved_state import NewestStateFile, SavedViews, written_since
 from trainables.checkpoint import MODEL_FILE, OPTIMIZER_FILE, STATE_FILE
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers run stand_in
@@ -145,26 +145,30 @@ def stand_in(config: dict) -> None:
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def test_the_newest_state_is_found_again_only_when_the_folder_changes(tmp_path,
-                                                                     monkeypatch) -> None:
+def test_the_folder_is_listed_only_until_it_holds_the_running_tunes_own_state(
+        tmp_path, monkeypatch) -> None:
+    """A resumed search's folder holds the earlier driver's state file: newest until the
+    running Tune writes its own, which is then the newest for as long as it runs, however many
+    trial folders come after it."""
     folder = str(tmp_path)
-    saved = SavedState(folder, None)
     state = TuneController.CKPT_FILE_TMPL.format
+    earlier = tmp_path / state("2026-11-24_10-00-00")
+    earlier.write_text("{}")
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(earlier, ns=(an_hour_ago, an_hour_ago))
+    newest = NewestStateFile(folder, None, written_since(time.time_ns()))
     listings, listdir = [], os.listdir
     monkeypatch.setattr(os, "listdir", lambda path: listings.append(path) or listdir(path))
     (tmp_path / "a1b2c3d4").mkdir()  # a trial's folder
-    assert saved.newest() is None
-    (tmp_path / state("2026-11-24_10-00-00")).write_text("{}")
-    # changed within the second: listed again, whatever the clock's tick
-    assert saved.newest() == f"{folder}/{state('2026-11-24_10-00-00')}"
-    an_hour_ago = time.time_ns() - 3600 * 10**9
-    os.utime(tmp_path, ns=(an_hour_ago, an_hour_ago))
-    assert saved.newest() == f"{folder}/{state('2026-11-24_10-00-00')}"
+    assert newest.path() == str(earlier)
+    assert newest.path() == str(earlier) and len(listings) == 2  # not its own: listed again
+    (tmp_path / state("2026-11-24_11-00-00")).write_text("{}")
+    assert newest.path() == f"{folder}/{state('2026-11-24_11-00-00')}"
     before = len(listings)
-    assert saved.newest() == f"{folder}/{state('2026-11-24_10-00-00')}"
-    assert len(listings) == before  # unchanged for a second and more: not listed again
-    (tmp_path / state("2026-11-24_10-00-05")).write_text("{}")  # a new file: a new time
-    assert saved.newest() == f"{folder}/{state('2026-11-24_10-00-05')}"
+    for trial in ("e5f6a7b8", "c9d0e1f2"):
+        (tmp_path / trial).mkdir()
+        assert newest.path() == f"{folder}/{state('2026-11-24_11-00-00')}"
+    assert len(listings) == before
 
 
 def test_no_trial_ever_holds_more_than_resuming_and_registering_need(
