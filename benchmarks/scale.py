@@ -31,6 +31,7 @@ from typing import Any
 import mlflow.utils.rest_utils as rest
 from ray.tune.execution.tune_controller import TuneController
 
+from search import driver
 from search.curve_trial import curve_trial
 from search.driver import Options, run_search
 from search.progress import ProgressCallback
@@ -49,6 +50,10 @@ PARTS = {
     "scheduler (ASHA)": (RecordingASHA, ("on_trial_result",)),
     "MLflow (trial runs)": (TrialRunLogger, ("log_trial_start", "log_trial_result",
                                              "log_trial_end", "on_trial_recover")),
+    # the part's end waits there until every queued write of the trial runs is sent
+    "MLflow (writes still queued as a part ends)": (TrialRunLogger, ("on_experiment_end",)),
+    "after the trials: MLflow checked against Ray": (driver, ("mend_trial_runs",)),
+    "after the trials: the parent run's results and views": (driver, ("record_results",)),
     "Tune's snapshots": (TuneController, ("checkpoint",)),
     "checkpoint pruner": (CheckpointPruner, ("on_checkpoint", "on_trial_complete",
                                              "on_step_end")),
