@@ -59,9 +59,10 @@ class SnapshotKeeper(Callback):
             self._state = NewestStateFile(storage.experiment_driver_staging_path, None,
                                           written_since(self._since))
         state = self._state.path()
-        if state is None or os.stat(state).st_mtime_ns == self._kept:
+        written = os.stat(state).st_mtime_ns if state is not None else None
+        if written is None or written == self._kept:
             return
-        self._kept = os.stat(state).st_mtime_ns
+        self._kept = written
         keep(snapshot_files(Path(storage.experiment_driver_staging_path)),
              Path(storage.experiment_fs_path) / KEPT)
 
