@@ -161,7 +161,6 @@ def _resumed_folder(client: MlflowClient, storage: Path, space: Space) -> Search
                           f"cannot be resumed (run without --resume for a new search): "
                           f"{'; '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}")
     folder.lock()
-    folder.clear_stale_lock()  # only this driver resumes it
     try:
         client.update_run(folder.parent_run_id, status="RUNNING")
     except MlflowException:

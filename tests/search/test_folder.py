@@ -1,5 +1,5 @@
 """One owner per search: a new search's folder of its own, a lock naming the driver that
-holds it, and no resume of a search whose space changed."""
+holds it, no resume of a search whose space changed, and its study in Optuna's journal."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 from conftest import write_space
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
-from search.folder import LOCK, ResumeError, SearchFolder
+from search.folder import LOCK, STUDY_NAME, ResumeError, SearchFolder
 from search.run import main
 from search.space import describe, load_space
 
@@ -43,6 +46,28 @@ def test_a_live_driver_holds_its_search_and_a_dead_one_lets_go(tmp_path: Path) -
     (folder.path / LOCK).write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": 0}))
     with pytest.raises(ResumeError, match="on elsewhere"):  # its life cannot be checked
         folder.lock()
+
+
+def test_the_study_is_optunas_journal_and_a_line_being_written_is_not_read(
+        tmp_path: Path) -> None:
+    folder = SearchFolder.create(tmp_path, "s", {})
+    study = optuna.create_study(study_name=STUDY_NAME, storage=folder.study_storage(),
+                                direction="maximize")
+    for x in (0.1, 0.7):
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+        trial.report(x / 2, 1)
+        study.tell(trial, x)
+    journal = folder.path / "optuna.journal"
+    assert not (folder.path / "optuna.journal.lock").exists()  # one writer: no lock
+    with journal.open("ab") as f:
+        f.write(b'{"op_code":')  # a line that a live driver is writing
+    for storage in (folder.study_storage(),  # and Optuna's own reader, with its lock
+                    JournalStorage(JournalFileBackend(str(journal)))):
+        loaded = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+        assert [t.value for t in loaded.trials] == [0.1, 0.7]
+        assert loaded.trials[1].intermediate_values == {1: 0.35}
+        assert loaded.trials[1].params == study.trials[1].params
 
 
 def _begun(tmp_path: Path) -> tuple[Path, SearchFolder]:
