@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,21 +117,26 @@ def pairs(manager: Any) -> Checkpoints:
     return [(r.checkpoint, r.metrics) for r in manager.best_checkpoint_results]
 
 
-def thin(fs: FileSystem, trial_path: str, registered: list[str], views: list[Kept]) -> set[str]:
+def thin(fs: FileSystem, trial_path: str, registered: list[str], views: list[Kept],
+         done: Container[str] = ()) -> set[str]:
     """Delete the `registered` checkpoints of a trial that no view keeps (all of them, given
     no view), and the optimizer's state of those kept only to register; return the paths
-    deleted. Folders Tune has not registered are left alone: one may be being written."""
+    deleted. Paths in `done` were deleted before and are not asked of the storage again.
+    Folders Tune has not registered are left alone: one may be being written."""
     resumable = frozenset().union(*(each.resumable for each in views))
     registrable = frozenset().union(*(each.registrable for each in views))
     deleted = set()
     for name in registered:
-        path = f"{trial_path}/{name}"
+        folder = f"{trial_path}/{name}"
         if name not in resumable | registrable:
-            _delete(fs.delete_dir, path)
-            deleted.add(path)
+            if folder not in done:
+                _delete(fs.delete_dir, folder)
+                deleted.add(folder)
         elif name not in resumable:
-            _delete(fs.delete_file, f"{path}/{OPTIMIZER_FILE}")
-            deleted.add(f"{path}/{OPTIMIZER_FILE}")
+            optimizer = f"{folder}/{OPTIMIZER_FILE}"
+            if optimizer not in done:
+                _delete(fs.delete_file, optimizer)
+                deleted.add(optimizer)
     return deleted
 
 

@@ -91,14 +91,12 @@ class CheckpointPruner(tune.Callback):
             if not results or trial.storage is None:
                 continue
             in_memory = view(trial.status == FINAL, manager)
-            trial_path = trial.storage.trial_fs_path
-            names = [folder_name(r.checkpoint) for r in results]
             self._deleted |= thin(
-                trial.storage.storage_filesystem, trial_path,
-                [name for name in names if f"{trial_path}/{name}" not in self._deleted],
+                trial.storage.storage_filesystem, trial.storage.trial_fs_path,
+                [folder_name(r.checkpoint) for r in results],
                 [] if trial.trial_id in dropped else
                 [in_memory] + [keeps[trial.trial_id] for keeps in saved
-                               if trial.trial_id in keeps])
+                               if trial.trial_id in keeps], self._deleted)
 
     def _beaten(self, trials: list[Trial]) -> set[str]:
         """The finished trials another beats, of those that ended in memory and in the state

@@ -86,11 +86,25 @@ def test_a_checkpoint_goes_once_no_view_keeps_it_and_its_optimizer_once_none_res
     names = [f"{CHECKPOINT_PREFIX}{i}" for i in range(4)]
     in_memory = kept(False, checkpoints[3][0], checkpoints)
     saved = kept(False, checkpoints[2][0], checkpoints[:3])
-    thin(LocalFileSystem(), str(tmp_path), names, [in_memory, saved])
+    deleted = thin(LocalFileSystem(), str(tmp_path), names, [in_memory, saved])
     assert sorted(p.name for p in tmp_path.iterdir()) == [names[0], *names[2:], unregistered.name]
     assert not (tmp_path / names[0] / OPTIMIZER_FILE).exists()  # the best: only registered
     assert (tmp_path / names[2] / OPTIMIZER_FILE).exists()
-    thin(LocalFileSystem(), str(tmp_path), names, [kept(True, checkpoints[3][0], checkpoints)])
+    assert deleted == {f"{tmp_path}/{names[1]}", f"{tmp_path}/{names[0]}/{OPTIMIZER_FILE}"}
+    asked: list[str] = []  # the storage is not asked again for what was deleted before
+
+    class Storage(LocalFileSystem):
+        def delete_dir(self, path: str) -> None:
+            asked.append(path)
+            super().delete_dir(path)
+
+        def delete_file(self, path: str) -> None:
+            asked.append(path)
+            super().delete_file(path)
+
+    ended = kept(True, checkpoints[3][0], checkpoints)
+    assert thin(Storage(), str(tmp_path), names, [ended], deleted) == set(asked)
+    assert sorted(asked) == [f"{tmp_path}/{name}" for name in names[2:]]
     assert sorted(p.name for p in tmp_path.iterdir()) == [names[0], unregistered.name]
 
 
