@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import optuna
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
@@ -26,7 +27,12 @@ RAY_TRIAL_ID = "ray_trial_id"  # the Optuna trial's user attribute naming its Ra
 
 class RecordingASHA(ASHAScheduler):
     """ASHA that remembers which trials it stopped before their planned epochs (`stopped`,
-    trial ids). ASHA also says STOP to a trial that reaches `max_t`; that one finished."""
+    trial ids). ASHA also says STOP to a trial that reaches `max_t`; that one finished.
+
+    It picks the trial to run next as ASHA's FIFO base does (the first pending, else the
+    first paused, in the order Tune queued them) from the trials not ended, not from all:
+    Tune asks at every step of its loop, and the walk over the whole study was 4% of the
+    driver's time at 2,000 trials."""
 
     def __init__(self, asha: Asha):
         super().__init__(metric=METRIC, mode=MODE, max_t=asha.max_epochs,
@@ -34,6 +40,34 @@ class RecordingASHA(ASHAScheduler):
                          reduction_factor=asha.reduction_factor)
         self.asha = asha
         self.stopped: set[str] = set()
+        # trials not ended, by id, in the order queued (a retried trial goes last, as in
+        # Tune's own list)
+        self._queued: dict[str, Trial] = {}
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        if trial.status != Trial.TERMINATED:  # a resumed search's ended trials run no more
+            self._queued[trial.trial_id] = trial
+
+    def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+        super().on_trial_error(tune_controller, trial)
+        self._queued.pop(trial.trial_id, None)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial,
+                          result: dict[str, Any]) -> None:
+        super().on_trial_complete(tune_controller, trial, result)
+        self._queued.pop(trial.trial_id, None)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        super().on_trial_remove(tune_controller, trial)
+        self._queued.pop(trial.trial_id, None)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        for status in (Trial.PENDING, Trial.PAUSED):
+            for trial in self._queued.values():
+                if trial.status == status:
+                    return trial
+        return None
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)

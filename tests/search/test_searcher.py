@@ -8,6 +8,8 @@ from pathlib import Path
 
 import optuna
 from ray import cloudpickle, tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler
 
 from search.objective import METRIC
 from search.searcher import (
@@ -57,6 +59,50 @@ def test_trials_stopped_by_asha_are_pruned_in_the_study(ray_local, tmp_path: Pat
     for trial in complete:  # ran every epoch; ASHA's STOP at max_t is not a prune
         assert len(trial.intermediate_values) == EPOCHS
         assert trial.value == trial.intermediate_values[EPOCHS]
+
+
+def test_asha_picks_the_trial_to_run_as_fifo_does_from_the_trials_not_ended() -> None:
+    """Tune's own list holds every trial; the scheduler walks only those not ended, with FIFO's
+    answer at each turn: the first pending (a retried trial goes last), else the first paused."""
+    class Queue:  # what FIFO reads of Tune's controller: its trials in queue order
+        def __init__(self) -> None:
+            self.trials: list[Trial] = []
+
+        def get_trials(self) -> list[Trial]:
+            return self.trials
+
+    asha, queue = RecordingASHA(Asha(max_epochs=9, grace_period=1, reduction_factor=3)), Queue()
+
+    def add(trial: Trial) -> None:  # as Tune's `add_trial` and its requeue do
+        queue.trials = [t for t in queue.trials if t is not trial] + [trial]
+        asha.on_trial_add(queue, trial)
+
+    def agrees() -> Trial | None:
+        chosen = asha.choose_trial_to_run(queue)
+        assert chosen is FIFOScheduler().choose_trial_to_run(queue)
+        return chosen
+
+    ended = Trial("curve", trial_id="ended", stub=True)
+    ended.status = Trial.TERMINATED  # a resumed search's
+    trials = [Trial("curve", trial_id=f"t{i}", stub=True) for i in range(4)]
+    for trial in [ended, *trials]:
+        add(trial)
+    assert agrees() is trials[0]
+    trials[0].status = trials[1].status = Trial.RUNNING
+    assert agrees() is trials[2]
+    asha.on_trial_error(queue, trials[1])  # its worker died: Tune requeues it last
+    trials[1].status = Trial.PENDING
+    add(trials[1])
+    trials[2].status = Trial.PAUSED
+    assert agrees() is trials[3]
+    trials[3].status = Trial.RUNNING
+    assert agrees() is trials[1]
+    trials[1].status = Trial.RUNNING
+    assert agrees() is trials[2]  # paused, no trial pending
+    for trial in trials:
+        trial.status = Trial.TERMINATED
+        asha.on_trial_complete(queue, trial, {})
+    assert agrees() is None
 
 
 def test_tpe_models_after_a_third_of_the_search_two_to_ten_trials() -> None:
