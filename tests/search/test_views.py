@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 
 from search.progress import Progress
-from search.study_views import param_importances, study_figures
+from search.study_views import LEGEND_MAX, param_importances, study_figures
 
 
 def test_progress_line_counts_trials_and_estimates_the_rest() -> None:
@@ -70,3 +70,13 @@ def test_study_views_draw_what_the_trials_allow() -> None:
     assert param_importances(_study(1)) == {}
     assert "optuna_param_importances.png" not in study_figures(_study(1))
     assert study_figures(optuna.create_study()) == {}
+
+
+def test_a_curve_per_trial_is_named_in_the_legend_only_while_few() -> None:
+    def named(n_trials: int) -> int:
+        legend = study_figures(_study(n_trials))["optuna_intermediate_values.png"] \
+            .axes[0].get_legend()
+        return len(legend.get_texts()) if legend else 0
+
+    assert named(LEGEND_MAX) == LEGEND_MAX
+    assert named(LEGEND_MAX + 1) == 0  # the curves drawn, the names too many to read
