@@ -47,6 +47,9 @@ class RunWriter:
         self._client = client
         self._experiment_id = experiment_id
         self.runs = dict(runs)  # trial id -> run id, filled in as runs are made
+        self._made: set[str] = set()  # trial ids whose run this writer made
+        # trial ids whose run this writer made and ended: everything given for it is written
+        self.whole: set[str] = set()
         self._pending: dict[str, Pending] = {}
         self._writing = False  # a round of requests is under way
         self._changed = threading.Condition()
@@ -127,6 +130,7 @@ class RunWriter:
             name, run_tags, start = p.create
             self.runs[trial_id] = self._client.create_run(
                 self._experiment_id, start_time=start, tags=run_tags, run_name=name).info.run_id
+            self._made.add(trial_id)
         run_id = self.runs[trial_id]
         if p.reopen:
             self._client.update_run(run_id, status="RUNNING")
@@ -142,3 +146,5 @@ class RunWriter:
         if p.end is not None:
             status, at = p.end
             self._client.set_terminated(run_id, status, end_time=at)
+            if trial_id in self._made:  # its writes land in order: the end comes last
+                self.whole.add(trial_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -68,11 +68,13 @@ def epoch_metrics(row: Mapping[str, Any]) -> list[Metric]:
             for name in METRICS if name in row and pd.notna(row[name])]
 
 
-def mend_trial_runs(client: MlflowClient, parent_run_id: str, records: list[TrialRecord]) -> int:
+def mend_trial_runs(client: MlflowClient, parent_run_id: str, records: list[TrialRecord],
+                    written: Collection[str] = ()) -> int:
     """Make MLflow hold what Ray holds: one run per trial, every epoch's metrics, its end;
     a run of a trial Ray does not hold is KILLED. Writes only what is missing (the tracking
     server was down, or the driver was killed between a result and its logging) and returns
-    how many runs it mended. It reads each trial's history, `PARALLEL_REQUESTS` at once."""
+    how many runs it mended. It reads each trial's history, `PARALLEL_REQUESTS` at once, but
+    for the trials in `written`, whose runs this driver made, wrote whole and ended."""
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     runs = trial_runs(client, parent_run_id)
 
@@ -101,7 +103,7 @@ def mend_trial_runs(client: MlflowClient, parent_run_id: str, records: list[Tria
         return bool(status in (None, "RUNNING") or missing)
 
     with ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
-        mended = sum(pool.map(mend, records))
+        mended = sum(pool.map(mend, [r for r in records if r.trial_id not in written]))
     ran = {record.trial_id for record in records}
     for trial_id, run in runs.items():
         if trial_id not in ran and run.info.status == "RUNNING":

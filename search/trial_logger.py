@@ -32,11 +32,14 @@ class TrialRunLogger(MLflowLoggerCallback):
     second.)"""
 
     def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str,
-                 stopped: set[str]):
+                 stopped: set[str], written: set[str]):
         super().__init__(tracking_uri=tracking_uri, experiment_name=experiment,
                          tags={"mlflow.parentRunId": parent_run_id, "kind": "trial"})
         self.parent_run_id = parent_run_id
         self.stopped = stopped
+        # filled as the part ends: the trials whose run was made, written whole and ended
+        # here, which the driver need not check against Ray (`mend_trial_runs`)
+        self.written = written
         self._started: set[str] = set()  # trial ids whose run was made or reopened
         self._ended: set[str] = set()  # trial ids whose run was ended
         self._node: dict[str, str] = {}  # trial id -> the node last tagged on its run
@@ -106,6 +109,7 @@ class TrialRunLogger(MLflowLoggerCallback):
         for trial_id in self._started - self._ended:
             self._writer.end(trial_id, "KILLED")
         self._writer.close()
+        self.written |= self._writer.whole
         super().on_experiment_end(trials, **info)
 
 

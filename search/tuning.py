@@ -38,11 +38,13 @@ class SearchStopped(KeyboardInterrupt):
 
 
 def run_parts(space: Space, listing: Listing, folder: SearchFolder, trainable: Trainable,
-              tracking_uri: str, epoch_budget: int | None) -> list[tune.ResultGrid]:
+              tracking_uri: str, epoch_budget: int | None,
+              written: set[str]) -> list[tune.ResultGrid]:
     """Every part's `ResultGrid`: earlier parts read back, the last one finished if the driver
     was killed during it, then a new part with the trials still to run (all of them, for a
     new search; the difference, when --num-samples raises a finished search's count). Each
-    trial is `trainable(config, space=, listing=, search_folder=)` on its share of a node."""
+    trial is `trainable(config, space=, listing=, search_folder=)` on its share of a node.
+    `written` gets the trials of the new part whose MLflow runs were written whole."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # its reporter prints a banner at verbose=0
     # Tune's own loggers would write each result three times, in the driver's loop: as JSON
     # (which its results are read back from: kept, in _new_part), CSV and TensorBoard
@@ -63,7 +65,8 @@ def run_parts(space: Space, listing: Listing, folder: SearchFolder, trainable: T
                      else tuner.get_results())
     todo = space.search.num_samples - sum(len(grid) for grid in grids)
     if todo > 0:
-        tuner = _new_part(space, folder, trial, todo, not grids, tracking_uri, epoch_budget)
+        tuner = _new_part(space, folder, trial, todo, not grids, tracking_uri, epoch_budget,
+                          written)
         grids.append(_fit(tuner, epoch_budget))
     return grids
 
@@ -84,7 +87,8 @@ def _fit(tuner: tune.Tuner, epoch_budget: int | None) -> tune.ResultGrid:
 
 
 def _new_part(space: Space, folder: SearchFolder, trainable: Any, num_samples: int,
-              first: bool, tracking_uri: str, epoch_budget: int | None) -> tune.Tuner:
+              first: bool, tracking_uri: str, epoch_budget: int | None,
+              written: set[str]) -> tune.Tuner:
     """A Tune experiment of `num_samples` trials in the search's folder, its searcher on the
     search's Optuna study. The first part runs the baselines first."""
     s = space.search
@@ -100,7 +104,7 @@ def _new_part(space: Space, folder: SearchFolder, trainable: Any, num_samples: i
         points_to_evaluate=(space.baseline_points() or None) if first else None,
         storage=folder.study_storage(), study_name=STUDY_NAME)
     logger = TrialRunLogger(tracking_uri, space.name, folder.parent_run_id,
-                            scheduler.stopped)
+                            scheduler.stopped, written)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,

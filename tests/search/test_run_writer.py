@@ -1,6 +1,7 @@
 """The trial runs' writes sent from threads beside the driver's loop, on a real SQLite store:
-everything queued lands, in order, in fewer requests than writes; MLflow's limits per batch
-hold; a write that fails stops the writer and is raised to the driver."""
+everything queued lands, in order, in fewer requests than writes, and the runs it made and
+ended are known whole; MLflow's limits per batch hold; a write that fails stops the writer
+and is raised to the driver."""
 
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ def test_every_queued_write_lands_in_order_in_fewer_requests(client: MlflowClien
         assert run.data.tags["node"] == "n40"  # the last tag written wins
     assert runs["b"].data.tags["error"] == "boom"
     assert len(batches) < 3 * 40  # writes queued while a request was out went together
+    assert writer.whole == {"a", "b"}  # made and ended here: "old" was reopened, not ended
 
 
 def test_a_batch_over_mlflows_limits_is_split(client: MlflowClient) -> None:

@@ -67,7 +67,7 @@ def test_a_trials_run_is_found_by_its_id_among_the_searchs_children(
 
 
 def test_mending_writes_only_what_mlflow_missed_and_ends_every_run(
-        client: MlflowClient) -> None:
+        client: MlflowClient, monkeypatch) -> None:
     """Trial a: logged up to epoch 2 of 3, still RUNNING (the driver was killed); b: no run
     at all (the server was down when it started), failed; c: complete and ended; d: a run Ray
     never recorded (started after Tune's last snapshot)."""
@@ -92,6 +92,15 @@ def test_mending_writes_only_what_mlflow_missed_and_ends_every_run(
     assert steps(client, run_c) == [1, 2] and runs["c"].info.status == "FINISHED"
     assert runs["d"].info.status == "KILLED" and "--resume" in runs["d"].data.tags["error"]
     assert mend_trial_runs(client, parent, records) == 0  # nothing is left to mend
+    # a run this driver wrote whole is not read back
+    records.append(TrialRecord("e", {"lr": 0.2}, history([0.3, 0.4]), 1.0))
+    run_e = child(client, parent, "e")
+    histories = []
+    read = client.get_metric_history
+    monkeypatch.setattr(client, "get_metric_history",
+                        lambda run_id, key: histories.append(run_id) or read(run_id, key))
+    assert mend_trial_runs(client, parent, records, written={"e"}) == 0
+    assert run_e not in histories and len(histories) == 3
 
 
 def test_class_names_become_valid_metric_names_that_never_clash(client: MlflowClient) -> None:
