@@ -82,6 +82,9 @@ def run_search(space: Space, options: Options, trainable: Trainable = run_trial,
     check_server(options.tracking_uri)
     listing = prepare_data(space)
     mlflow.set_tracking_uri(options.tracking_uri)
+    # MLflow's client reads each run it ends back from the server only to print the run's
+    # address: a request per trial, of the costliest kind (the run with all its data)
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     with silenced():  # MLflow's lines as it makes a new store
         client = MlflowClient()
     storage = options.storage_path.resolve()
@@ -110,8 +113,9 @@ def _search(space: Space, listing: Listing, options: Options, folder: SearchFold
     best model."""
     parent = folder.parent_run_id
     _ray_init(options.address)
+    written: set[str] = set()  # trials whose MLflow runs need no check against Ray
     done = run_parts(space, listing, folder, trainable, options.tracking_uri,
-                     options.epoch_budget)
+                     options.epoch_budget, written)
     study = folder.load_study()
     pruned = pruned_trial_ids(study)
     pairs = [(record, result) for grid in done
@@ -119,7 +123,7 @@ def _search(space: Space, listing: Listing, options: Options, folder: SearchFold
                                        grid, strict=True)]  # type: ignore[call-overload]
     records = [record for record, _ in pairs]
     fail_orphans(study, {record.trial_id for record in records})
-    mended = mend_trial_runs(client, parent, records)
+    mended = mend_trial_runs(client, parent, records, written)
     if mended:
         say(f"wrote what MLflow had missed of {mended} trial(s), from Ray's results")
     table = results_table(records)

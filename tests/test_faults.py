@@ -27,6 +27,7 @@ from conftest import (
 )
 from mlflow.tracking import MlflowClient
 
+from search.console import LOG_FILE
 from search.folder import SearchFolder
 from search.run import main
 
@@ -295,6 +296,8 @@ def test_sigterm_stops_like_ctrl_c_and_credentials_are_never_written(
         assert "--resume" in parents[0].data.tags["stopped"]
         assert children and all(c.info.status != "RUNNING" for c in children)
         assert not (storage / next(storage.iterdir()).name / "driver.lock").exists()
+        # MLflow's client did not read each ended run back to print its address
+        assert not any("View run" in log.read_text() for log in storage.rglob(LOG_FILE))
 
         assert main([*args, "--resume"]) == 0, capsys.readouterr()
         out += capsys.readouterr().out
