@@ -70,7 +70,7 @@ class Meter:
     seconds: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
     methods: dict[str, float] = dataclasses.field(default_factory=lambda: defaultdict(float))
     calls: Counter[str] = dataclasses.field(default_factory=Counter)
-    requests: int = 0
+    requests: Counter[str] = dataclasses.field(default_factory=Counter)  # by endpoint
     events: list[tuple[str, float, float]] = dataclasses.field(default_factory=list)
     rss_mb: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (ended, MB)
 
@@ -116,9 +116,9 @@ def metered() -> Iterator[Meter]:
             wrap(owner, name, part, events.get(name) if owner is TrialRunLogger else None)
     original_request: Callable[..., Any] = rest.http_request
 
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        meter.requests += 1
-        return original_request(*args, **kwargs)
+    def counted(host_creds: Any, endpoint: str, *args: Any, **kwargs: Any) -> Any:
+        meter.requests["/".join(endpoint.split("/")[-2:])] += 1  # runs/log-batch, ...
+        return original_request(host_creds, endpoint, *args, **kwargs)
 
     rest.http_request = counted
     try:
@@ -218,7 +218,9 @@ def summarise(meter: Meter, table: Any, started: float, ended: float, concurrent
         "overhead_vs_ideal": wall / ideal - 1, "results_per_s": results / wall,
         "fifths": fifths, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_growth_mb_per_1000_trials": per_1000,
-        "mlflow_requests_per_result": meter.requests / results,
+        "mlflow_requests_per_result": meter.requests.total() / results,
+        "mlflow_requests_per_trial": {endpoint: n / len(table)
+                                      for endpoint, n in meter.requests.most_common()},
         "checkpoints": meter.calls["CheckpointPruner.on_checkpoint"],
         "part_seconds": dict(meter.seconds), "method_seconds": dict(meter.methods),
         "trial_cost_growth": fifths[-1]["driver_cpu_ms_per_trial"]
@@ -244,7 +246,9 @@ def print_report(r: dict[str, Any]) -> None:
               f"{f['driver_cpu_ms_per_trial']:7.1f} ms per trial")
     print(f"driver peak RSS {r['peak_rss_mb']:.0f} MB, growing "
           f"{r['rss_growth_mb_per_1000_trials']:.0f} MB per 1,000 trials")
-    print(f"MLflow requests per result: {r['mlflow_requests_per_result']:.2f}")
+    print(f"MLflow requests per result: {r['mlflow_requests_per_result']:.2f}; per trial: "
+          + ", ".join(f"{endpoint} {n:.2f}" for endpoint, n in
+                      r["mlflow_requests_per_trial"].items() if n >= 0.01))
     print("driver wall seconds in:")
     for part, seconds in sorted(r["part_seconds"].items(), key=lambda kv: -kv[1]):
         print(f"  {seconds:8.1f} s {seconds / r['wall_s']:6.1%}  {part}")
