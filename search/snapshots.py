@@ -59,20 +59,26 @@ class SnapshotKeeper(Callback):
             self._state = NewestStateFile(storage.experiment_driver_staging_path, None,
                                           written_since(self._since))
         state = self._state.path()
-        written = os.stat(state).st_mtime_ns if state is not None else None
-        if written is None or written == self._kept:
+        if state is None:
+            return
+        written = os.stat(state).st_mtime_ns
+        if written == self._kept:
             return
         self._kept = written
-        keep(snapshot_files(Path(storage.experiment_driver_staging_path)),
+        keep(snapshot_files(Path(storage.experiment_driver_staging_path), Path(state)),
              Path(storage.experiment_fs_path) / KEPT)
 
 
-def snapshot_files(folder: Path) -> list[Path]:
-    """The snapshot files in `folder`, of the newest session only."""
-    states = sorted(folder.glob(PATTERNS[0]))
-    if not states:
-        return []
-    session = states[-1].name.removeprefix("experiment_state-").removesuffix(".json")
+def snapshot_files(folder: Path, state: Path | None = None) -> list[Path]:
+    """The snapshot files in `folder`, of the newest session only: that of `state`, Tune's
+    newest state file there, if the caller has found it (the folder holds a folder per
+    trial: not listed again)."""
+    if state is None:
+        states = sorted(folder.glob(PATTERNS[0]))
+        if not states:
+            return []
+        state = states[-1]
+    session = state.name.removeprefix("experiment_state-").removesuffix(".json")
     return [path for pattern in PATTERNS
             for path in folder.glob(pattern.replace("*", session))]
 

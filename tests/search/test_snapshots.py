@@ -49,6 +49,8 @@ def test_the_keeper_leaves_one_whole_copy_of_the_snapshot(experiment: Path) -> N
     assert [n.split("-")[0] for n in names] == ["experiment_state", "search_gen_state",
                                                 "searcher"]
     assert sorted(p.name for p in snapshot_files(experiment)) == names
+    state = next(experiment.glob("experiment_state-*.json"))  # as the keeper has found it
+    assert sorted(p.name for p in snapshot_files(experiment, state)) == names
     assert all(whole(p) for p in snapshot_files(copies[0]))
 
 
