@@ -12,7 +12,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from search.checkpoints import FINAL, beaten, best_score, folder_name, pairs, thin, view
-from search.saved_state import Keeps, SavedState, written_since
+from search.saved_state import Keeps, SavedState, SavedViews, written_since
 
 
 class CheckpointPruner(tune.Callback):
@@ -29,7 +29,7 @@ class CheckpointPruner(tune.Callback):
         self._since = time.time_ns()  # when this Tune began (`setup`)
         self._states: tuple[SavedState, SavedState] | None = None  # staging's, storage path's
         self._landed: Keeps = {}  # what the state on the storage path keeps
-        self._staged: list[tuple[bytes, Keeps]] = []  # (digest, keeps), oldest first
+        self._staged: list[Keeps] = []  # what states staged since keep, oldest first
         self._changed: set[Trial] = set()  # trials that checkpointed or ended since
         self._deleted: set[str] = set()  # paths deleted already, not to ask the storage again
 
@@ -61,30 +61,32 @@ class CheckpointPruner(tune.Callback):
         storage = trials[0].storage
         assert storage is not None  # Tune gives every trial its storage before it starts
         if self._states is None:
+            views = SavedViews()
             staging = SavedState(storage.experiment_driver_staging_path, None,
-                                 written_since(self._since))
+                                 written_since(self._since), views)
             # the storage path's own file is a copy of the staging folder's: known by its
             # name, whatever the storage's clock
             self._states = (staging, SavedState(
                 storage.experiment_fs_path, storage.storage_filesystem,
                 lambda path: staging.file.own is not None
-                and posixpath.basename(path) == posixpath.basename(staging.file.own)))
-        # the storage path's state is a copy of one staged before, read then: parsing it
-        # again is what grows with the study (Tune's state is 22 KB a trial)
-        staged, landed = (state.read(dict(self._staged)) for state in self._states)
+                and posixpath.basename(path) == posixpath.basename(staging.file.own), views))
+        staged, landed = (state.read() for state in self._states)
         if staged is False or landed is False:
             return  # a state file half-written: act once it can be read
-        if staged and (not self._staged or staged[0] != self._staged[-1][0]):
+        if staged is not None and (not self._staged or staged != self._staged[-1]):
             self._staged.append(staged)
-        if landed:
-            self._landed = landed[1]
-            digests = [digest for digest, _ in self._staged]
-            if landed[0] in digests:  # copies land in order: the earlier will not land
-                self._staged = self._staged[digests.index(landed[0]):]
-        changed = trials if staged or landed else list(self._changed)
+        if landed is not None:
+            self._landed = landed
+            # the storage path's state is a copy of one staged before: copies land in order,
+            # so those staged before it will not land (the first that keeps the same, to be
+            # safe where two states keep the same)
+            if landed in self._staged:
+                self._staged = self._staged[self._staged.index(landed):]
+        read = staged is not None or landed is not None
+        changed = trials if read else list(self._changed)
         self._changed.clear()
-        saved = [self._landed] + [keeps for _, keeps in self._staged]
-        dropped = self._beaten(trials) if staged or landed else set()
+        saved = [self._landed, *self._staged]
+        dropped = self._beaten(trials) if read else set()
         for trial in changed:
             manager = trial.run_metadata.checkpoint_manager
             results = manager.best_checkpoint_results if manager else None

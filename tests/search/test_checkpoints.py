@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 from ray import cloudpickle, tune
 from ray.train._internal.checkpoint_manager import _CheckpointManager
 from ray.tune.execution.tune_controller import TuneController
@@ -125,8 +126,14 @@ def test_saved_views_decode_only_the_trials_whose_saved_entry_changed(monkeypatc
     read = SavedViews()
     assert set(read(state(entry("a", "RUNNING"), entry("b", "TERMINATED")))) == {"a", "b"}
     later = state(entry("a", "TERMINATED"), entry("b", "TERMINATED"), entry("c", "PENDING"))
+    for cut in (len(later) // 2, len(later) - 1):  # a copy under way is not read as whole
+        with pytest.raises(ValueError):
+            read(later[:cut])
     assert set(read(later)) == {"a", "b", "c"}
-    assert [json.loads(trial)["trial_id"] for trial in decoded] == ["a", "b", "a", "c"]  # b once
+    # a's entry changed (and its length, moving b's): b is found unchanged where it now is
+    assert [json.loads(trial)["trial_id"] for trial in decoded][-2:] == ["a", "c"]
+    assert [json.loads(trial)["trial_id"] for trial in decoded].count("b") == 1
+    assert read(later) == SavedViews()(later)
 
 
 def saved_latest(trial_dir: Path, trial_id: str) -> frozenset[str]:
