@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Container, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
 
 INDEX = "search.json"
 LOCK = "driver.lock"
@@ -101,7 +103,7 @@ class SearchFolder:
     def study_storage(self) -> JournalStorage:
         """The Optuna storage every part's searcher loads (a journal file: no server, written
         by the one driver, survives the driver being killed)."""
-        return JournalStorage(DriverJournal(self.path / "optuna.journal"))
+        return DriverStorage(DriverJournal(self.path / "optuna.journal"))
 
     def load_study(self) -> optuna.Study:
         return optuna.load_study(study_name=STUDY_NAME, storage=self.study_storage())
@@ -152,6 +154,39 @@ class DriverJournal(JournalFileBackend):
         text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
         with open(self.path, "ab") as f:
             f.write(text.encode())
+
+
+class DriverStorage(JournalStorage):
+    """Optuna's journal storage, remembering that no trial waits in the study's queue. At
+    every `ask` Optuna looks for an enqueued trial (the search's baselines) by filtering
+    every trial of the study for WAITING ones: at thousands of trials that scan grew the
+    sampler's cost per trial with the study (README, "Scale"). A trial only becomes WAITING
+    as it is made so or set so, through this driver, the journal's one writer."""
+
+    def __init__(self, backend: JournalFileBackend) -> None:
+        super().__init__(backend)
+        self._none_waiting = False  # since the last scan found none
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        if template_trial is not None and template_trial.state == TrialState.WAITING:
+            self._none_waiting = False
+        return super().create_new_trial(study_id, template_trial)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        if state == TrialState.WAITING:
+            self._none_waiting = False
+        return super().set_trial_state_values(trial_id, state, values)
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        waiting = states == (TrialState.WAITING,)
+        if waiting and self._none_waiting:
+            return []
+        trials: list[FrozenTrial] = super().get_all_trials(study_id, deepcopy, states)
+        if waiting:
+            self._none_waiting = not trials
+        return trials
 
 
 def _alive(pid: object) -> bool:

@@ -15,6 +15,7 @@ import pytest
 from conftest import write_space
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 from search.folder import LOCK, STUDY_NAME, ResumeError, SearchFolder
 from search.run import main
@@ -68,6 +69,34 @@ def test_the_study_is_optunas_journal_and_a_line_being_written_is_not_read(
         assert [t.value for t in loaded.trials] == [0.1, 0.7]
         assert loaded.trials[1].intermediate_values == {1: 0.35}
         assert loaded.trials[1].params == study.trials[1].params
+
+
+def test_asks_pop_enqueued_trials_as_optunas_storage_does_without_scanning_for_none(
+        tmp_path: Path, monkeypatch) -> None:
+    scans = []
+    replay = optuna.storages.journal._storage.JournalStorageReplayResult
+    all_trials = replay.get_all_trials
+    monkeypatch.setattr(replay, "get_all_trials", lambda self, study_id, states: scans.append(
+        states) or all_trials(self, study_id, states))
+
+    def asked(storage: JournalStorage) -> list[tuple[int, float]]:
+        study = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(0))
+        study.enqueue_trial({"x": 0.5})  # the baselines, before the search
+        numbers = []
+        for step in range(6):
+            if step == 3:
+                study.enqueue_trial({"x": 0.25})  # one more, later
+            trial = study.ask()
+            numbers.append((trial.number, trial.suggest_float("x", 0, 1)))
+            study.tell(trial, 0.0)
+        return numbers
+
+    ours = asked(SearchFolder.create(tmp_path, "s", {}).study_storage())
+    waiting_scans = scans.count((TrialState.WAITING,))
+    assert ours == asked(JournalStorage(JournalFileBackend(str(tmp_path / "optuna's"))))
+    assert ours[0] == (0, 0.5) and ours[3] == (3, 0.25)  # each popped by the next ask
+    # Optuna scans at each of the 6 asks; here only until a scan finds none waiting
+    assert scans.count((TrialState.WAITING,)) - waiting_scans == 6 and waiting_scans == 4
 
 
 def _begun(tmp_path: Path) -> tuple[Path, SearchFolder]:
