@@ -55,8 +55,9 @@ class NewestStateFile:
     def _find(self) -> str | None:
         """A local folder is listed by name alone: pyarrow's listing, which Tune's own lookup
         uses, reads every entry's metadata."""
-        if self._fs is not None and not isinstance(self._fs, LocalFileSystem):
-            return _find_newest_experiment_checkpoint(self.folder, self._fs)
+        remote = _remote(self._fs)
+        if remote is not None:
+            return _find_newest_experiment_checkpoint(self.folder, remote)
         try:
             names = fnmatch.filter(os.listdir(self.folder),
                                    TuneController.CKPT_FILE_TMPL.format("*"))
@@ -96,18 +97,19 @@ class SavedState:
 
     def _read(self, path: str) -> tuple[tuple[str, int, int], bytes] | None:
         """The file's stamp and bytes, or None if its stamp is the one read last. A local
-        file is read through Python's own: pyarrow's stream took twice as long on a state of
-        tens of MB."""
-        if self._fs is None or isinstance(self._fs, LocalFileSystem):
+        file is read through Python's own: pyarrow's stream took two to three times as long on
+        a state of tens of MB."""
+        remote = _remote(self._fs)
+        if remote is None:
             with open(path, "rb") as file:
                 status = os.fstat(file.fileno())
                 stamp = (path, status.st_mtime_ns, status.st_size)
                 return None if stamp == self._stamp else (stamp, file.read())
-        info = self._fs.get_file_info(path)
+        info = remote.get_file_info(path)
         stamp = (path, info.mtime_ns, info.size)
         if stamp == self._stamp:
             return None
-        with self._fs.open_input_stream(path) as stream:
+        with remote.open_input_stream(path) as stream:
             return stamp, stream.readall()
 
     def forget(self) -> None:
@@ -123,9 +125,10 @@ class SavedViews:
     Tune saves its trials in the order they were added, each as the same text until the
     trial changes, and a study's ended trials stay in every state it saves: parsing them all
     each time made the pruner's cost per trial grow with the study. So each entry is
-    compared, as text, with the one at its place in the state read last (a memory compare,
-    a tenth of parsing it), and only one that differs is parsed. The texts are kept for the
-    next read: as much memory as the state file's size."""
+    compared, as text, with the one at its place in the state read last (a memory compare),
+    and only one that differs is parsed: a read of 2,000 trials with 8 changed took 52 ms
+    where parsing and hashing every entry took 218 (README, "Scale"). The texts are kept for
+    the next read: as much memory as the state file's size."""
 
     def __init__(self) -> None:
         self._last: list[tuple[str, str, Kept]] = []  # (entry's text, trial id, view)
@@ -154,6 +157,12 @@ class SavedViews:
 _TRIALS = re.compile(r'\s*\{\s*"trial_data"\s*:\s*\[\s*')  # Tune's state opens with its trials
 _SEPARATOR = re.compile(r"\s*,?\s*")  # between two entries, or after the last
 _DECODER = json.JSONDecoder()
+
+
+def _remote(fs: FileSystem | None) -> FileSystem | None:
+    """`fs`, unless its paths are this machine's own files (None: a local folder), which
+    are read and listed through Python's own calls."""
+    return None if fs is None or isinstance(fs, LocalFileSystem) else fs
 
 
 def _decode(trial_json: str, metadata_json: str) -> tuple[str, Kept]:
