@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import posixpath
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from ray import tune
 from ray.tune.experiment import Trial
 
-from search.checkpoints import FINAL, beaten, best_score, folder_name, pairs, thin, view
+from search.checkpoints import FINAL, Kept, beaten, best_score, folder_name, pairs, thin, view
 from search.saved_state import Keeps, SavedState, SavedViews, written_since
 
 
@@ -32,12 +32,15 @@ class CheckpointPruner(tune.Callback):
         self._staged: list[Keeps] = []  # what states staged since keep, oldest first
         self._changed: set[Trial] = set()  # trials that checkpointed or ended since
         self._deleted: set[str] = set()  # paths deleted already, not to ask the storage again
+        self._seen: dict[str, Seen] = {}  # by trial id, until it checkpoints or ends again
+        self._thinned: dict[str, tuple[Any, ...]] = {}  # by trial id: what it was thinned by
 
     def setup(self, *args: Any, **info: Any) -> None:
         """Tune begins (a resumed part too, with this callback unpickled): the state files
         written in its staging folder from now on are its own."""
         self._since = time.time_ns()
         self._states = None
+        self._seen, self._thinned = {}, {}
 
     def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial,
                       checkpoint: tune.Checkpoint, **info: Any) -> None:
@@ -83,22 +86,41 @@ class CheckpointPruner(tune.Callback):
             if landed in self._staged:
                 self._staged = self._staged[self._staged.index(landed):]
         read = staged is not None or landed is not None
+        for trial in self._changed:
+            self._seen.pop(trial.trial_id, None)
         changed = trials if read else list(self._changed)
         self._changed.clear()
         saved = [self._landed, *self._staged]
         dropped = self._beaten(trials) if read else set()
+        # a read goes over every trial, but thins only those whose checkpoints or views
+        # differ from when they were thinned last: the rest would delete nothing new
         for trial in changed:
-            manager = trial.run_metadata.checkpoint_manager
-            results = manager.best_checkpoint_results if manager else None
-            if not results or trial.storage is None:
+            seen = self._see(trial)
+            if seen is None:
                 continue
-            in_memory = view(trial.status == FINAL, manager)
-            self._deleted |= thin(
-                trial.storage.storage_filesystem, trial.storage.trial_fs_path,
-                [folder_name(r.checkpoint) for r in results],
-                [] if trial.trial_id in dropped else
-                [in_memory] + [keeps[trial.trial_id] for keeps in saved
-                               if trial.trial_id in keeps], self._deleted)
+            needs = [] if trial.trial_id in dropped else \
+                [seen.in_memory] + [keeps[trial.trial_id] for keeps in saved
+                                    if trial.trial_id in keeps]
+            thinned = (seen.registered, *needs)
+            if self._thinned.get(trial.trial_id) == thinned:
+                continue
+            assert trial.storage is not None  # as `_see` found it
+            self._deleted |= thin(trial.storage.storage_filesystem, trial.storage.trial_fs_path,
+                                  list(seen.registered), needs, self._deleted)
+            self._thinned[trial.trial_id] = thinned
+
+    def _see(self, trial: Trial) -> Seen | None:
+        """What Tune holds in memory of a trial's checkpoints, as last seen: seen again only
+        after it checkpoints or ends; None while it has none."""
+        seen = self._seen.get(trial.trial_id)
+        if seen is None:
+            manager = trial.run_metadata.checkpoint_manager
+            if not manager or not manager.best_checkpoint_results or trial.storage is None:
+                return None
+            seen = self._seen[trial.trial_id] = Seen(
+                tuple(folder_name(r.checkpoint) for r in manager.best_checkpoint_results),
+                view(trial.status == FINAL, manager), best_score(pairs(manager)))
+        return seen
 
     def _beaten(self, trials: list[Trial]) -> set[str]:
         """The finished trials another beats, of those that ended in memory and in the state
@@ -107,7 +129,16 @@ class CheckpointPruner(tune.Callback):
         scores = {}
         for trial in trials:
             saved = self._landed.get(trial.trial_id)
-            manager = trial.run_metadata.checkpoint_manager
-            if trial.status == FINAL and saved is not None and saved.ended and manager:
-                scores[trial.trial_id] = best_score(pairs(manager))
+            if trial.status == FINAL and saved is not None and saved.ended:
+                seen = self._see(trial)
+                if seen is not None:
+                    scores[trial.trial_id] = seen.best
         return beaten(scores)
+
+
+class Seen(NamedTuple):
+    """A trial's checkpoints as Tune holds them in memory: their folders, what the trial
+    needs of them, and its best score."""
+    registered: tuple[str, ...]
+    in_memory: Kept
+    best: float

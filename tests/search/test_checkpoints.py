@@ -110,30 +110,43 @@ def test_a_checkpoint_goes_once_no_view_keeps_it_and_its_optimizer_once_none_res
 
 
 def test_saved_views_decode_only_the_trials_whose_saved_entry_changed(monkeypatch) -> None:
-    def entry(trial_id: str, status: str) -> list[str]:  # as Tune saves a trial
+    def entry(trial_id: str, status: str, note: str = "") -> list[str]:  # as Tune saves a trial
         metadata = _TrainingRunMetadata()
         metadata.checkpoint_manager = _CheckpointManager(tune.CheckpointConfig())
-        return [json.dumps({"trial_id": trial_id, "status": status}),
-                metadata.get_json_state()]
+        return [json.dumps({"trial_id": trial_id, "status": status, "note": note},
+                           ensure_ascii=False), metadata.get_json_state()]
 
     def state(*entries: list[str]) -> bytes:
-        return json.dumps({"trial_data": list(entries)}).encode()
+        return json.dumps({"trial_data": list(entries)}, ensure_ascii=False).encode()
 
     decoded: list[str] = []
     decode = saved_state._decode
     monkeypatch.setattr(saved_state, "_decode",
-                        lambda trial, metadata: decoded.append(trial) or decode(trial, metadata))
+                        lambda trial, metadata: decoded.append(json.loads(trial)["trial_id"])
+                        or decode(trial, metadata))
     read = SavedViews()
-    assert set(read(state(entry("a", "RUNNING"), entry("b", "TERMINATED")))) == {"a", "b"}
+    earlier = state(entry("a", "RUNNING"), entry("b", "TERMINATED"))
+    assert set(read(earlier)) == {"a", "b"}
     later = state(entry("a", "TERMINATED"), entry("b", "TERMINATED"), entry("c", "PENDING"))
     for cut in (len(later) // 2, len(later) - 1):  # a copy under way is not read as whole
         with pytest.raises(ValueError):
             read(later[:cut])
+    del decoded[:]
     assert set(read(later)) == {"a", "b", "c"}
     # a's entry changed (and its length, moving b's): b is found unchanged where it now is
-    assert [json.loads(trial)["trial_id"] for trial in decoded][-2:] == ["a", "c"]
-    assert [json.loads(trial)["trial_id"] for trial in decoded].count("b") == 1
+    assert decoded == ["a", "c"]
+    # the storage path's copy of the earlier state lands, then the staging folder's is read
+    # again: both are known from the last two reads
+    assert read(earlier) == SavedViews()(earlier)
     assert read(later) == SavedViews()(later)
+    assert decoded == ["a", "c"] + ["a", "b"] + ["a", "b", "c"]
+    # an entry longer than the first window read, in characters of two bytes that the
+    # window cuts (Tune writes ASCII; any UTF-8 reads the same): the window grows to hold it
+    wide = state(entry("a", "TERMINATED"), entry("b", "TERMINATED"),
+                 entry("c", "RUNNING", "\u00e9" * 50_001), entry("d", "PENDING"))
+    del decoded[:]
+    assert read(wide) == SavedViews()(wide)
+    assert decoded == ["c", "d"] + ["a", "b", "c", "d"]
 
 
 def saved_latest(trial_dir: Path, trial_id: str) -> frozenset[str]:
