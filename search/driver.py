@@ -1,21 +1,19 @@
 """One search, start to end, each step a call into the module named for it: the data made ready
 (`prepare`), the search's folder opened or resumed (`folder`) with its MLflow parent run
-(`parent_run`), Ray started, the Tune parts run (`tuning`), the results recorded (`results`,
-`tracking`, `parent_run`), and the best model evaluated and registered (`registration`).
-Called by `search.run`; everything here happens in the driver process."""
+(`parent_run`), Ray started or joined (`ray_start`), the Tune parts run (`tuning`), the
+results recorded (`results`, `tracking`, `parent_run`), and the best model evaluated and
+registered (`registration`). Called by `search.run`; everything here happens in the driver
+process."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import ray
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -24,6 +22,7 @@ from search.console import LOG_FILE, say, silenced, to_log
 from search.folder import ResumeError, SearchFolder
 from search.parent_run import open_parent_run, record_results
 from search.prepare import prepare_data
+from search.ray_start import init_ray
 from search.registration import Register, evaluate_and_register
 from search.results import all_failed, best_trial, records_from_grid, results_table
 from search.searcher import fail_orphans, pruned_trial_ids
@@ -44,30 +43,6 @@ class Options:
     address: str | None = None
     epoch_budget: int | None = None  # end the search after this many epochs in all
     resume: bool = False  # go on with the newest search of the space under storage_path
-
-
-def _ray_init(address: str | None) -> None:
-    """Start Ray, or connect to `address`, unless a Ray is already up; then SIGTERM and
-    SIGHUP stop the search as Ctrl-C does. Workers' output stays out of the terminal: each
-    trial writes to the search's log (`search.trainable`), the rest to Ray's session logs."""
-    # TensorFlow's C++ start-up lines stay out of the trials' logs: set where the local Ray's
-    # workers inherit it (cluster.yaml sets it on each node). A job-level runtime_env would
-    # carry it everywhere but makes every worker wait on Ray's runtime-env agent first
-    # (1.3 s before the first trials here).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    if threading.current_thread() is threading.main_thread():
-        # after ray.init, whose own SIGTERM handler exits at once
-        for stop in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(stop, _stop_as_ctrl_c)
-
-
-def _stop_as_ctrl_c(signum: int, frame: object) -> None:
-    """SIGTERM and SIGHUP (a scheduler's stop, a lost SSH session) stop the search as Ctrl-C
-    does: Tune's SIGINT handler saves its state and ends the part (then `SearchStopped`);
-    outside a part, Python raises KeyboardInterrupt."""
-    signal.raise_signal(signal.SIGINT)
 
 
 def run_search(space: Space, options: Options, trainable: Trainable = run_trial,
@@ -112,7 +87,7 @@ def _search(space: Space, listing: Listing, options: Options, folder: SearchFold
     """The search in its folder: run its parts, then record the results and register the
     best model."""
     parent = folder.parent_run_id
-    _ray_init(options.address)
+    init_ray(options.address)
     written: set[str] = set()  # trials whose MLflow runs need no check against Ray
     done = run_parts(space, listing, folder, trainable, options.tracking_uri,
                      options.epoch_budget, written)

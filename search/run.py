@@ -65,6 +65,7 @@ def overrides(args: argparse.Namespace) -> dict[str, tuple[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    started_ray = False
     try:
         space = load_space(args.space, overrides(args))
         if args.dry_run:
@@ -72,12 +73,15 @@ def main(argv: list[str] | None = None) -> int:
                 from search.dry_run import dry_run
             dry_run(space)
             return 0
-        with silenced():
-            from search.driver import Options, run_search
-        from search.results import all_failed, commonest_failure
-        from search.summary import print_summary
         if args.epoch_budget is not None and args.epoch_budget < 1:
             raise SpaceError(f"--epoch-budget must be >= 1, got {args.epoch_budget}")
+        from search.ray_start import start_ray_importing
+
+        with silenced():  # TensorFlow's start-up lines as it is imported, Ray's as it starts
+            started_ray = start_ray_importing(args.address, "search.driver")
+        from search.driver import Options, run_search
+        from search.results import all_failed, commonest_failure
+        from search.summary import print_summary
         outcome = run_search(space, Options(args.tracking_uri, Path(args.storage_path),
                                             args.address, args.epoch_budget, args.resume))
         print_summary(outcome, args.tracking_uri)
@@ -89,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (SpaceError, DataError, TrackingError, ResumeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if started_ray:  # for nothing: data, server and resume are checked once Ray is up
+            import ray
+
+            ray.shutdown()
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP; search.tuning's SearchStopped
         print(STOPPED.format(storage=args.storage_path), file=sys.stderr)

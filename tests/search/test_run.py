@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,12 +23,37 @@ def test_broken_space_exits_2_with_one_line(tmp_path: Path, capsys) -> None:
     assert err == f"error: {bad}: model.dense_dropout: must be >= 0.0, got -1.0"
 
 
-def test_missing_data_exits_2_before_anything_starts(tmp_path: Path, capsys,
-                                                      monkeypatch) -> None:
+def test_missing_data_exits_2_and_leaves_nothing_behind(tmp_path: Path, capsys,
+                                                        monkeypatch) -> None:
+    import ray
+
     monkeypatch.chdir(tmp_path)
+    ray_was_up = ray.is_initialized()  # another test's; else the command's own is stopped
     assert main([str(SPACES / "cats_dogs.yaml"), "--storage-path", "r"]) == 2
     assert "data folder" in capsys.readouterr().err
     assert not (tmp_path / "r").exists() and not (tmp_path / "mlflow.db").exists()
+    assert ray.is_initialized() == ray_was_up
+
+
+def test_ray_started_while_the_driver_loads_outlives_the_loading(tmp_path: Path) -> None:
+    # in a process of its own: a new Ray, never the tests' (Ray's processes die with the
+    # thread that started them, so the start must not be the loading thread's)
+    script = """
+import time, ray
+from search.ray_start import start_ray_importing
+assert start_ray_importing(None, "email.mime.text")
+import sys; assert "email.mime.text" in sys.modules
+time.sleep(2)
+assert all(node["Alive"] for node in ray.nodes())
+assert ray.get(ray.remote(lambda: 42).remote(), timeout=60) == 42
+try:
+    start_ray_importing(None, "no_such_module")
+except ModuleNotFoundError:
+    print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": "local"})
+    assert done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("name", ["digits", "cats_dogs", "rock_paper_scissors"])

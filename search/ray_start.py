@@ -1,0 +1,59 @@
+"""Ray for the driver: started, or joined, as a search needs it (`init_ray`), and started
+while the driver's own imports load in a thread (`start_ray_importing`).
+
+The driver imports TensorFlow and Keras (about 5 s of one core) and then starts Ray (about
+3 s, most of it Ray's own processes on the other core): one after the other they were the
+first 9 s of every search. Started together they take the longer of the two."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import ray
+
+
+def init_ray(address: str | None) -> None:
+    """Start Ray, or connect to `address`, unless a Ray is already up; then, in the main
+    thread, SIGTERM and SIGHUP stop the search as Ctrl-C does. Workers' output stays out of
+    the terminal: each trial writes to the search's log (`search.trainable`), the rest to
+    Ray's session logs."""
+    # TensorFlow's C++ start-up lines stay out of the trials' logs: set where the local Ray's
+    # workers inherit it (cluster.yaml sets it on each node). A job-level runtime_env would
+    # carry it everywhere but makes every worker wait on Ray's runtime-env agent first
+    # (1.3 s before the first trials here).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    if threading.current_thread() is threading.main_thread():
+        # after ray.init, whose own SIGTERM handler exits at once
+        for stop in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(stop, _stop_as_ctrl_c)
+
+
+def _stop_as_ctrl_c(signum: int, frame: object) -> None:
+    """SIGTERM and SIGHUP (a scheduler's stop, a lost SSH session) stop the search as Ctrl-C
+    does: Tune's SIGINT handler saves its state and ends the part (then `SearchStopped`);
+    outside a part, Python raises KeyboardInterrupt."""
+    signal.raise_signal(signal.SIGINT)
+
+
+def start_ray_importing(address: str | None, module: str) -> bool:
+    """Start Ray (`init_ray`) while `module` (the driver, with TensorFlow) is imported in a
+    thread; return whether Ray was started here (False where one was up already): a command
+    that then fails before its search shuts down what it started (`ray.shutdown`). Ray starts
+    in this thread, the main one: Ray's processes die with the thread that started them.
+    A start that fails is left to the driver's own `init_ray`, which tries again and says
+    why; an import that fails raises here."""
+    started = not ray.is_initialized()
+    with ThreadPoolExecutor(1, thread_name_prefix="import") as pool:
+        loading = pool.submit(importlib.import_module, module)
+        if started:
+            with contextlib.suppress(Exception):
+                init_ray(address)
+        loading.result()
+    return started
