@@ -7,7 +7,6 @@ first 9 s of every search. Started together they take the longer of the two."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import signal
@@ -16,19 +15,26 @@ from concurrent.futures import ThreadPoolExecutor
 
 import ray
 
+from search.cluster import ClusterError, check_address
+from search.console import first_line
+
 
 def init_ray(address: str | None) -> None:
     """Start Ray, or connect to `address`, unless a Ray is already up; then, in the main
     thread, SIGTERM and SIGHUP stop the search as Ctrl-C does. Workers' output stays out of
     the terminal: each trial writes to the search's log (`search.trainable`), the rest to
-    Ray's session logs."""
+    Ray's session logs. A cluster that is not there is a `ClusterError`."""
     # TensorFlow's C++ start-up lines stay out of the trials' logs: set where the local Ray's
     # workers inherit it (cluster.yaml sets it on each node). A job-level runtime_env would
     # carry it everywhere but makes every worker wait on Ray's runtime-env agent first
     # (1.3 s before the first trials here).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        check_address(address)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except ConnectionError as exc:  # `auto` with no cluster running, say
+            raise ClusterError(f"Ray at --address {address}: {first_line(exc)}") from None
     if threading.current_thread() is threading.main_thread():
         # after ray.init, whose own SIGTERM handler exits at once
         for stop in (signal.SIGTERM, signal.SIGHUP):
@@ -47,13 +53,11 @@ def start_ray_importing(address: str | None, module: str) -> bool:
     thread; return whether Ray was started here (False where one was up already): a command
     that then fails before its search shuts down what it started (`ray.shutdown`). Ray starts
     in this thread, the main one: Ray's processes die with the thread that started them.
-    A start that fails is left to the driver's own `init_ray`, which tries again and says
-    why; an import that fails raises here."""
+    What fails, the start or the import, raises here once the import has ended."""
     started = not ray.is_initialized()
     with ThreadPoolExecutor(1, thread_name_prefix="import") as pool:
         loading = pool.submit(importlib.import_module, module)
         if started:
-            with contextlib.suppress(Exception):
-                init_ray(address)
+            init_ray(address)
         loading.result()
     return started

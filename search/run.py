@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from search.cli import EXIT_BAD_INPUT, add_tracking_uri
+from search.cluster import ClusterError
 from search.console import first_line, silenced
 from search.folder import ResumeError
 from search.server import TrackingError
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SpaceError(f"--epoch-budget must be >= 1, got {args.epoch_budget}")
         from search.ray_start import start_ray_importing
 
-        with silenced():  # TensorFlow's start-up lines as it is imported, Ray's as it starts
+        # TensorFlow's start-up lines as it is imported, Ray's as it starts
+        with silenced(told=(ClusterError,)):
             started_ray = start_ray_importing(args.address, "search.driver")
         from search.driver import Options, run_search
         from search.results import all_failed, commonest_failure
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"failure ({count} of {len(outcome.table)} trials): {error}", file=sys.stderr)
             return 1
         return 0
-    except (SpaceError, DataError, TrackingError, ResumeError) as exc:
+    except (SpaceError, DataError, TrackingError, ResumeError, ClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         if started_ray:  # for nothing: data, server and resume are checked once Ray is up
             import ray

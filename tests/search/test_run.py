@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import HUGE, HUGE_SPACE, write_space
+from conftest import HUGE, HUGE_SPACE, free_port, write_space
 
 from search.run import main
 
@@ -33,6 +33,19 @@ def test_missing_data_exits_2_and_leaves_nothing_behind(tmp_path: Path, capsys,
     assert "data folder" in capsys.readouterr().err
     assert not (tmp_path / "r").exists() and not (tmp_path / "mlflow.db").exists()
     assert ray.is_initialized() == ray_was_up
+
+
+def test_a_ray_address_nothing_answers_at_exits_2_with_one_line(tiny_space_file,
+                                                                tmp_path: Path) -> None:
+    # in a process of its own, as a user runs it: ray.init alone waits minutes, silent
+    address = f"127.0.0.1:{free_port()}"
+    done = subprocess.run([sys.executable, "-m", "search.run", str(tiny_space_file()),
+                           "--address", address, "--storage-path", str(tmp_path / "ray")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith(f"error: no Ray cluster answers at {address}")
+    assert not (tmp_path / "ray").exists()
 
 
 def test_ray_started_while_the_driver_loads_outlives_the_loading(tmp_path: Path) -> None:
