@@ -17,6 +17,7 @@ import ray
 
 from search.cluster import ClusterError, check_address
 from search.console import first_line
+from search.space import Resources
 
 
 def init_ray(address: str | None) -> None:
@@ -39,6 +40,24 @@ def init_ray(address: str | None) -> None:
         # after ray.init, whose own SIGTERM handler exits at once
         for stop in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(stop, _stop_as_ctrl_c)
+
+
+def check_fits(resources: Resources, where: str) -> None:
+    """Fail now if no node of the Ray this driver is on could run a trial, which asks for
+    `resources` (`search.resources` in `where`): Tune would wait for such a node forever,
+    the progress line saying only that nothing runs. For a search on this machine, whose
+    nodes are all there is; a cluster's autoscaler may yet add the node a trial needs."""
+    nodes: list[dict[str, float]] = [node["Resources"] for node in ray.nodes()
+                                     if node["Alive"]]
+    if any(node.get("CPU", 0) >= resources.cpu and node.get("GPU", 0) >= resources.gpu
+           for node in nodes):
+        return
+    largest = max(nodes, key=lambda node: (node.get("GPU", 0), node.get("CPU", 0)),
+                  default={})
+    raise ClusterError(f"{where}: search.resources: a trial asks for {resources.cpu:g} CPU and "
+                       f"{resources.gpu:g} GPU, but this machine has "
+                       f"{largest.get('CPU', 0):g} CPU and {largest.get('GPU', 0):g} GPU; ask "
+                       f"for less, or run on a cluster that has them (--address)")
 
 
 def _stop_as_ctrl_c(signum: int, frame: object) -> None:

@@ -48,6 +48,24 @@ def test_a_ray_address_nothing_answers_at_exits_2_with_one_line(tiny_space_file,
     assert not (tmp_path / "ray").exists()
 
 
+def test_a_trial_no_node_here_can_run_exits_2_with_one_line(tiny_space_file,
+                                                            tmp_path: Path) -> None:
+    # Tune would wait forever for a GPU this machine does not have
+    space = tiny_space_file()
+    space.write_text(space.read_text().replace("resources: {cpu: 1}",
+                                               "resources: {cpu: 1, gpu: 1}"))
+    done = subprocess.run([sys.executable, "-m", "search.run", str(space), "--storage-path",
+                           str(tmp_path / "ray")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 2, done.stderr[-3000:]
+    line, = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: {space}: search.resources: a trial asks for 1 CPU and 1 "
+                           f"GPU, but this machine has ")  # as many CPUs as Ray counts
+    assert line.endswith(" CPU and 0 GPU; ask for less, or run on a cluster that has them "
+                         "(--address)")
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_ray_started_while_the_driver_loads_outlives_the_loading(tmp_path: Path) -> None:
     # in a process of its own: a new Ray, never the tests' (Ray's processes die with the
     # thread that started them, so the start must not be the loading thread's)
