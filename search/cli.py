@@ -12,13 +12,15 @@ EXIT_BAD_INPUT = 2
 
 
 def without_credentials(uri: str) -> str:
-    """`uri` with its user name and password, if it has them, moved into the environment
-    variables MLflow's HTTP client sends as basic auth (`MLFLOW_TRACKING_USERNAME`,
-    `MLFLOW_TRACKING_PASSWORD`): the URI then goes into files, runs and messages with no
-    secret in it."""
+    """A tracking server's `uri` with its user name and password, if it has them, moved into
+    the environment variables MLflow's HTTP client sends as basic auth
+    (`MLFLOW_TRACKING_USERNAME`, `MLFLOW_TRACKING_PASSWORD`): the URI then goes into files,
+    runs and messages with no secret in it. A database's URI (`postgresql://user:pw@host/db`)
+    is left whole: its driver reads the credentials there and nowhere else (keep the
+    password out of it with the database's own means, such as PostgreSQL's `~/.pgpass`)."""
     parts = urllib.parse.urlsplit(uri)
     userinfo, at, host = parts.netloc.rpartition("@")
-    if not at:
+    if not at or parts.scheme not in ("http", "https"):
         return uri
     user, colon, password = userinfo.partition(":")
     os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(user)

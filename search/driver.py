@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from search.checkpoints import kept_checkpoint
-from search.console import LOG_FILE, say, silenced, to_log
+from search.console import LOG_FILE, say, to_log
 from search.folder import ResumeError, SearchFolder
 from search.parent_run import open_parent_run, record_results
 from search.prepare import prepare_data
@@ -29,7 +29,7 @@ from search.searcher import fail_orphans, pruned_trial_ids
 from search.server import check_server
 from search.space import Space, changes, describe
 from search.summary import Outcome
-from search.tracking import STOPPED, mend_trial_runs
+from search.tracking import STOPPED, mend_trial_runs, open_store
 from search.trainable import run_trial
 from search.tuning import Trainable, run_parts
 from trainables.data import Listing
@@ -60,8 +60,7 @@ def run_search(space: Space, options: Options, trainable: Trainable = run_trial,
     # MLflow's client reads each run it ends back from the server only to print the run's
     # address: a request per trial, of the costliest kind (the run with all its data)
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-    with silenced():  # MLflow's lines as it makes a new store
-        client = MlflowClient()
+    client = open_store(options.tracking_uri)
     storage = options.storage_path.resolve()
     folder = _resumed_folder(client, storage, space) if options.resume else \
         _new_folder(client, storage, space, listing, options.tracking_uri)

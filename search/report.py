@@ -19,9 +19,10 @@ from mlflow.tracking import MlflowClient
 
 from search.cli import EXIT_BAD_INPUT, add_tracking_uri
 from search.results import best_trial
+from search.server import TrackingError
 from search.space import SpaceError, load_space
 from search.summary import Outcome, print_summary
-from search.tracking import REGISTERED_MODEL, RESULTS_PATH
+from search.tracking import REGISTERED_MODEL, RESULTS_PATH, open_store
 
 SHOWN = ["trial_id", "baseline", "status", "epochs_run", "best_val_accuracy", "val_loss",
          "wall_s"]
@@ -114,11 +115,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    client = MlflowClient(args.tracking_uri)
     try:
+        client = open_store(args.tracking_uri)
         parent = find_search(client, experiment_name(args.target), args.run)
         outcome = load_outcome(client, parent)
-    except (ReportError, SpaceError) as exc:
+    except (ReportError, SpaceError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"search {parent.info.run_name} ({parent.info.status.lower()}), "

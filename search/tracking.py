@@ -22,8 +22,10 @@ from mlflow.entities import Metric, Param, Run
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 from mlflow.tracking import MlflowClient
 
+from search.console import first_line, silenced
 from search.objective import METRIC
 from search.results import TrialRecord
+from search.server import TrackingError
 from trainables.metrics import METRICS, TRAINED_ON
 
 TRIAL_ID = "trial_id"  # the tag that ties a child run to its Ray trial
@@ -33,6 +35,19 @@ REGISTERED_MODEL, BEST_TRIAL_ID = "registered_model", "best_trial_id"
 # requests sent at once where many runs are written or read: a tracking server on this
 # machine answers about 7x the requests to 8 threads that it answers to one
 PARALLEL_REQUESTS = 8
+
+
+def open_store(uri: str) -> MlflowClient:
+    """A client of the tracking store at `uri`, the store made now if it is new (SQLite). A
+    URI MLflow cannot use (a scheme it does not know, a database whose driver is not
+    installed, a file store, which MLflow 3 no longer writes) is a `TrackingError`, before
+    the search starts anything."""
+    try:
+        with silenced(told=(Exception,)):  # MLflow's lines as it makes a new store
+            return MlflowClient(uri)
+    except Exception as exc:  # MLflow's own errors, and a database driver's ImportError
+        raise TrackingError(f"MLflow cannot use the tracking store {uri}: {first_line(exc)}; "
+                            f"pass another --tracking-uri") from None
 
 
 def class_metric_names(prefix: str, classes: tuple[str, ...]) -> list[str]:

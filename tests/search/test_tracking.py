@@ -3,17 +3,21 @@ child run found by its id, and MLflow mended to hold what Ray holds."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from search.cli import without_credentials
 from search.results import TrialRecord
+from search.server import TrackingError
 from search.tracking import (
     TRIAL_ID,
     class_metric_names,
     mend_trial_runs,
+    open_store,
     start_parent_run,
     trial_run,
     trial_runs,
@@ -24,6 +28,28 @@ from search.tracking import (
 def client(tmp_path: Path, monkeypatch) -> MlflowClient:
     monkeypatch.chdir(tmp_path)  # a SQLite store's artifacts go under ./mlruns
     return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.mark.parametrize(("uri", "why"), [
+    ("foo://bar", "unsupported URI 'foo://bar'"),
+    ("postgresql://127.0.0.1:1/db", ""),  # no PostgreSQL driver here, or no database at 1
+    ("file:///tmp/mlruns", "filesystem tracking backend"),  # MLflow 3 writes none
+])
+def test_a_store_mlflow_cannot_use_is_a_tracking_error(uri: str, why: str) -> None:
+    with pytest.raises(TrackingError, match=f"^MLflow cannot use the tracking store {uri}: "
+                                            f".*{why}.*; pass another --tracking-uri$"):
+        open_store(uri)
+
+
+def test_credentials_leave_a_servers_uri_but_stay_in_a_databases(monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    database = "postgresql://alice:s3cret@db.example:5432/mlflow"
+    assert without_credentials(database) == database  # SQLAlchemy reads them there only
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
+    assert without_credentials("https://alice:s3cret@mlflow.example") == "https://mlflow.example"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
 
 
 def history(accuracies: list[float]) -> pd.DataFrame:
