@@ -33,7 +33,11 @@ LOCK = "driver.lock"
 STUDY_NAME = "search"
 
 
-class ResumeError(Exception):
+class FolderError(Exception):
+    """A search's folder cannot be made, found or held where it was asked."""
+
+
+class ResumeError(FolderError):
     """There is no search to resume, or it cannot be resumed where it was asked."""
 
 
@@ -53,17 +57,21 @@ class SearchFolder:
         the space started in the same second), locked by this driver; its parent run is set
         by the caller before `save`."""
         stamp = f"{space}-{time.strftime('%Y%m%d-%H%M%S')}"
-        storage.mkdir(parents=True, exist_ok=True)
-        for n in range(1, 1000):
-            path = storage / (stamp if n == 1 else f"{stamp}-{n}")
-            try:
-                path.mkdir()
-            except FileExistsError:
-                continue
-            folder = cls(path, space, "", "", space_values=space_values)
-            folder.lock()
-            return folder
-        raise ResumeError(f"cannot make a folder for a new search under {storage}/")
+        try:
+            storage.mkdir(parents=True, exist_ok=True)
+            for n in range(1, 1000):
+                path = storage / (stamp if n == 1 else f"{stamp}-{n}")
+                try:
+                    path.mkdir()
+                except FileExistsError:
+                    continue
+                folder = cls(path, space, "", "", space_values=space_values)
+                folder.lock()
+                return folder
+        except OSError as exc:  # not a folder, not writable, a file system full
+            raise FolderError(f"cannot make the search's folder under --storage-path "
+                              f"{storage}: {exc.strerror or exc}") from None
+        raise FolderError(f"cannot make a folder for a new search under {storage}/")
 
     def lock(self) -> None:
         """Hold the search for this driver: a lock file naming its host and pid. A lock left by

@@ -20,7 +20,7 @@ from typing import Any
 from search.cli import EXIT_BAD_INPUT, add_tracking_uri
 from search.cluster import ClusterError
 from search.console import first_line, silenced
-from search.folder import ResumeError
+from search.folder import FolderError
 from search.server import TrackingError
 from search.space import SpaceError, load_space
 from trainables.data import DataError
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"failure ({count} of {len(outcome.table)} trials): {error}", file=sys.stderr)
             return 1
         return 0
-    except (SpaceError, DataError, TrackingError, ResumeError, ClusterError) as exc:
+    except (SpaceError, DataError, TrackingError, FolderError, ClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         if started_ray:  # for nothing: data, server and resume are checked once Ray is up
             import ray

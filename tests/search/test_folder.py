@@ -17,7 +17,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from search.folder import LOCK, STUDY_NAME, ResumeError, SearchFolder
+from search.folder import LOCK, STUDY_NAME, FolderError, ResumeError, SearchFolder
 from search.run import main
 from search.space import describe, load_space
 
@@ -26,6 +26,15 @@ def test_searches_started_in_the_same_second_get_folders_of_their_own(tmp_path: 
     folders = [SearchFolder.create(tmp_path, "s", {}) for _ in range(3)]
     assert len({f.path for f in folders}) == 3
     assert [f.path.name.count("-") for f in folders][1:] == [3, 3]  # s-date-time-2, -3
+
+
+def test_a_storage_path_that_cannot_hold_folders_is_a_folder_error(tmp_path: Path) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    for storage in (taken, taken / "below"):
+        with pytest.raises(FolderError, match=f"^cannot make the search's folder under "
+                                              f"--storage-path {storage}: "):
+            SearchFolder.create(storage, "x", {})
 
 
 def test_a_live_driver_holds_its_search_and_a_dead_one_lets_go(tmp_path: Path) -> None:
