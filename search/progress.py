@@ -16,6 +16,8 @@ from ray.tune import Callback
 from search.console import say
 from search.objective import METRIC
 
+WAITING_S = 60.0  # with no trial started this long, the line says what the trials wait for
+
 
 def _clock(seconds: float) -> str:
     minutes, s = divmod(round(seconds), 60)
@@ -31,12 +33,14 @@ class Progress:
     total: int
     started: float
     epoch_budget: int | None = None
+    asks: str = ""  # what a trial asks for ("1 CPU, 1 GPU"), named while none can start
     running: set[str] = field(default_factory=set)
     completed: int = 0
     stopped: int = 0
     failed: int = 0
     epochs: int = 0  # results reported: one per epoch
     best: tuple[float, str] | None = None  # (val_accuracy, trial id)
+    started_any: bool = False
 
     @property
     def done(self) -> int:
@@ -44,6 +48,7 @@ class Progress:
 
     def start(self, trial_id: str) -> None:
         self.running.add(trial_id)
+        self.started_any = True
 
     def result(self, trial_id: str, value: float) -> None:
         self.epochs += 1
@@ -63,6 +68,11 @@ class Progress:
             (self.done, self.total)
         eta = "done" if self.done >= self.total or done >= of else \
             "estimating time left" if not done else f"~{_clock(elapsed / done * (of - done))} left"
+        if not self.running and not self.started_any and elapsed >= WAITING_S:
+            # Tune waits for a node with what a trial asks for: a cluster's autoscaler may be
+            # adding one, or no node will ever have it
+            eta = f"no trial has started yet: waiting for a node with {self.asks} free " \
+                  f"(search.resources)"
         best = f"best {METRIC} {self.best[0]:.4f} ({self.best[1]})" if self.best else \
             f"no {METRIC} yet"
         return (f"[{_clock(elapsed)}] {self.done}/{self.total} trials done "
@@ -74,8 +84,8 @@ class ProgressCallback(Callback):
     """Prints `Progress.line()` when a trial ends and at least every `every_s` seconds."""
 
     def __init__(self, total: int, stopped: set[str], epoch_budget: int | None = None,
-                 every_s: float = 30.0):
-        self.progress = Progress(total, time.monotonic(), epoch_budget)
+                 asks: str = "", every_s: float = 30.0):
+        self.progress = Progress(total, time.monotonic(), epoch_budget, asks)
         self.stopped = stopped  # trial ids the scheduler stopped early (filled by it)
         self.every_s = every_s  # (no stream kept: Tune pickles its callbacks)
         self._printed = time.monotonic()

@@ -27,6 +27,17 @@ def test_progress_line_counts_trials_and_estimates_the_rest() -> None:
     assert p.line(3700.0).startswith("[1:00:00] 8/8 trials done") and p.line(0).endswith("done")
 
 
+def test_while_no_trial_can_start_the_line_says_what_they_wait_for() -> None:
+    p = Progress(total=8, started=0.0, asks="1 CPU, 1 GPU")
+    assert "estimating time left" in p.line(59.0)  # a cluster may take that to place one
+    assert p.line(61.0).endswith("0 running; no val_accuracy yet; no trial has started yet: "
+                                 "waiting for a node with 1 CPU, 1 GPU free "
+                                 "(search.resources)")
+    p.start("a")
+    p.end("a", "failed")
+    assert "waiting" not in p.line(120.0)
+
+
 def test_with_an_epoch_budget_the_estimate_is_by_epochs() -> None:
     """A budgeted search ends at its budget, not at its (large) number of trials."""
     p = Progress(total=1000, started=0.0, epoch_budget=75)
