@@ -31,10 +31,15 @@ def load_space(path: str | os.PathLike[str],
     reader = Reader(source, {key: option for key, (option, _) in overrides.items()})
     try:
         raw = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except (FileNotFoundError, IsADirectoryError):
+    except FileNotFoundError:
         raise SpaceError(f"{source}: no such space file") from None
+    except IsADirectoryError:
+        raise SpaceError(f"{source}: a folder, not a space file") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SpaceError(f"{source}: not valid YAML: {exc}") from None
+    if raw is None:
+        raise SpaceError(f"{source}: empty; a space file holds at least name and data "
+                         f"(see spaces/)")
     top = _overridden(reader.mapping(raw, "", {"name", "seed", "data", *SECTIONS, "search",
                                                 "baselines"}),
                       {key: value for key, (_, value) in overrides.items()})

@@ -33,8 +33,9 @@ class Reader:
         self.options = options
 
     def fail(self, path: str, message: str) -> SpaceError:
+        """The error at key path `path` ("" for the file's top)."""
         option = f" (set by {self.options[path]})" if path in self.options else ""
-        return SpaceError(f"{self.source}: {path}: {message}{option}")
+        return SpaceError(f"{self.source}: {path + ': ' if path else ''}{message}{option}")
 
     def mapping(self, value: Any, path: str, allowed: set[str] | None = None) -> dict[str, Any]:
         if not isinstance(value, dict):

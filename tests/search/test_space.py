@@ -119,6 +119,16 @@ def test_broken_rules_name_file_key_and_rule(tmp_path: Path, changes: dict, wher
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     with pytest.raises(SpaceError, match="no such space file"):
         load_space(tmp_path / "nope.yaml")
+    with pytest.raises(SpaceError, match=f"^{tmp_path}: a folder, not a space file$"):
+        load_space(tmp_path)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(SpaceError, match=f"^{empty}: empty; a space file holds at least "):
+        load_space(empty)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- name: x\n")
+    with pytest.raises(SpaceError, match=r"^\S+list.yaml: expected a mapping, got \["):
+        load_space(listed)
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed")
     with pytest.raises(SpaceError, match="not valid YAML"):
