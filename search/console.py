@@ -58,14 +58,15 @@ def to_log(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def silenced(told: tuple[type[Exception], ...] = ()) -> Iterator[None]:
     """Drop what the block writes (TensorFlow's start-up lines as it is imported), unless it
-    fails: then show it, but for the errors in `told`, whose one line says what is wrong."""
+    fails: then show it, but for the errors in `told`, whose one line says what is wrong
+    (and for a stop, Ctrl-C or SIGTERM, which is no failure of the block)."""
     with tempfile.TemporaryFile("w+") as noise:
         try:
             with _descriptors_to(noise):
                 yield
         except told:
             raise
-        except BaseException:
+        except Exception:
             noise.seek(0)
             sys.stderr.write(noise.read())
             raise

@@ -63,7 +63,10 @@ def check_fits(resources: Resources, where: str) -> None:
 def _stop_as_ctrl_c(signum: int, frame: object) -> None:
     """SIGTERM and SIGHUP (a scheduler's stop, a lost SSH session) stop the search as Ctrl-C
     does: Tune's SIGINT handler saves its state and ends the part (then `SearchStopped`);
-    outside a part, Python raises KeyboardInterrupt."""
+    outside a part, Python raises KeyboardInterrupt, also where SIGINT itself is ignored (a
+    shell starts a background job so), as it is outside Tune's parts."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        raise KeyboardInterrupt
     signal.raise_signal(signal.SIGINT)
 
 

@@ -66,7 +66,7 @@ def overrides(args: argparse.Namespace) -> dict[str, tuple[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started_ray = False
+    started_ray = searching = False
     try:
         space = load_space(args.space, overrides(args))
         if args.dry_run:
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         from search.driver import Options, run_search
         from search.results import all_failed, commonest_failure
         from search.summary import print_summary
+        searching = True
         outcome = run_search(space, Options(args.tracking_uri, Path(args.storage_path),
                                             args.address, args.epoch_budget, args.resume))
         print_summary(outcome, args.tracking_uri)
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP; search.tuning's SearchStopped
-        print(STOPPED.format(storage=args.storage_path), file=sys.stderr)
+        print(STOPPED.format(storage=args.storage_path) if searching else
+              "stopped before the search began", file=sys.stderr)
         return EXIT_STOPPED
     except Exception as exc:
         # MLflow is imported only here: it takes a second, and every command starts here
