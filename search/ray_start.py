@@ -3,7 +3,8 @@ while the driver's own imports load in a thread (`start_ray_importing`).
 
 The driver imports TensorFlow and Keras (about 5 s of one core) and then starts Ray (about
 3 s, most of it Ray's own processes on the other core): one after the other they were the
-first 9 s of every search. Started together they take the longer of the two."""
+first 9 s of every search. Started together they take little more than the longer of the
+two (README, Figures)."""
 
 from __future__ import annotations
 
@@ -63,8 +64,8 @@ def check_fits(resources: Resources, where: str) -> None:
 def _stop_as_ctrl_c(signum: int, frame: object) -> None:
     """SIGTERM and SIGHUP (a scheduler's stop, a lost SSH session) stop the search as Ctrl-C
     does: Tune's SIGINT handler saves its state and ends the part (then `SearchStopped`);
-    outside a part, Python raises KeyboardInterrupt, also where SIGINT itself is ignored (a
-    shell starts a background job so), as it is outside Tune's parts."""
+    outside a part, Python raises KeyboardInterrupt, raised here where SIGINT is ignored (as
+    a shell starts its background jobs; inside a part Tune's handler is in place)."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         raise KeyboardInterrupt
     signal.raise_signal(signal.SIGINT)

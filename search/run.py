@@ -13,6 +13,7 @@ checkpoints); a finished one runs more trials if `--num-samples` asks for more t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         # TensorFlow's start-up lines as it is imported, Ray's as it starts
         with silenced(told=(ClusterError,)):
             started_ray = start_ray_importing(args.address, "search.driver")
-        if args.address is None:
+        if not (args.address or os.environ.get("RAY_ADDRESS")):  # this machine's Ray
             check_fits(space.search.resources, args.space)
         from search.driver import Options, run_search
         from search.results import all_failed, commonest_failure
