@@ -371,6 +371,7 @@ def precision(space: Space) -> int:
           f"{epochs['float32']['pixels_epoch_s'] / epochs[MIXED]['pixels_epoch_s']:.2f}")
     return 0
 
+
 def peak(space: Space) -> int:
     """Part 6, printed: the 30-trial search at 224 px, its folder's peak measured."""
     asha = dataclasses.replace(space.search.asha, max_epochs=PEAK_EPOCHS, grace_period=1)

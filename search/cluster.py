@@ -13,13 +13,19 @@ class ClusterError(Exception):
 RAY_CLIENT_PORT = 10001  # where a ray:// address without a port connects
 
 
+def given_address(address: str | None) -> str | None:
+    """The cluster the command was given: `--address`, else RAY_ADDRESS (None: none, so the
+    search starts its own Ray on this machine)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def check_address(address: str | None, timeout_s: float = 10.0) -> None:
     """Fail now where the cluster's address (`address`, else RAY_ADDRESS) names a host and
     port that nothing answers at: `ray.init` waits for such a cluster for many minutes,
     saying nothing. Ray reads `auto` and `local` (and no address) itself, and fails at once
     where they find nothing."""
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address in (None, "", "auto", "local"):
+    address = given_address(address)
+    if address in (None, "auto", "local"):
         return
     client = address.startswith("ray://")
     host, colon, port = address.removeprefix("ray://").rpartition(":")

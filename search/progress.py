@@ -33,7 +33,7 @@ class Progress:
     total: int
     started: float
     epoch_budget: int | None = None
-    asks: str = ""  # what a trial asks for ("1 CPU, 1 GPU"), named while none can start
+    asks: str = ""  # what a trial asks for ("1 CPU and 1 GPU"), named while none can start
     running: set[str] = field(default_factory=set)
     completed: int = 0
     stopped: int = 0

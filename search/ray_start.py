@@ -55,10 +55,10 @@ def check_fits(resources: Resources, where: str) -> None:
         return
     largest = max(nodes, key=lambda node: (node.get("GPU", 0), node.get("CPU", 0)),
                   default={})
-    raise ClusterError(f"{where}: search.resources: a trial asks for {resources.cpu:g} CPU and "
-                       f"{resources.gpu:g} GPU, but this machine has "
-                       f"{largest.get('CPU', 0):g} CPU and {largest.get('GPU', 0):g} GPU; ask "
-                       f"for less, or run on a cluster that has them (--address)")
+    has = Resources(largest.get("CPU", 0), largest.get("GPU", 0))
+    raise ClusterError(f"{where}: search.resources: a trial asks for {resources}, but this "
+                       f"machine has {has}; ask for less, or run on a cluster that has them "
+                       f"(--address)")
 
 
 def _stop_as_ctrl_c(signum: int, frame: object) -> None:

@@ -13,13 +13,12 @@ checkpoints); a finished one runs more trials if `--num-samples` asks for more t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from search.cli import EXIT_BAD_INPUT, add_tracking_uri
-from search.cluster import ClusterError
+from search.cluster import ClusterError, given_address
 from search.console import first_line, silenced
 from search.folder import FolderError
 from search.server import TrackingError
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         # TensorFlow's start-up lines as it is imported, Ray's as it starts
         with silenced(told=(ClusterError,)):
             started_ray = start_ray_importing(args.address, "search.driver")
-        if not (args.address or os.environ.get("RAY_ADDRESS")):  # this machine's Ray
+        if given_address(args.address) is None:  # this machine's Ray: nothing will be added
             check_fits(space.search.resources, args.space)
         from search.driver import Options, run_search
         from search.results import all_failed, commonest_failure

@@ -121,8 +121,7 @@ def _new_part(space: Space, folder: SearchFolder, trainable: Any, num_samples: i
             # down to what resuming and registering need (search/checkpoints.py); the keeper
             # keeps a whole copy of Tune's snapshot (search/snapshots.py)
             callbacks=[logger, ProgressCallback(num_samples, scheduler.stopped, epoch_budget,
-                                                f"{s.resources.cpu:g} CPU, "
-                                                f"{s.resources.gpu:g} GPU"),
+                                                str(s.resources)),
                        CheckpointPruner(), SnapshotKeeper(), JsonLoggerCallback()], verbose=0,
             # a trial whose worker died is retried from its latest checkpoint
             failure_config=tune.FailureConfig(max_failures=s.max_failures),

@@ -10,6 +10,9 @@ class Resources:
     cpu: float = 1.0
     gpu: float = 0.0
 
+    def __str__(self) -> str:
+        return f"{self.cpu:g} CPU and {self.gpu:g} GPU"
+
 
 @dataclass(frozen=True)
 class Asha:
