@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from search.checkpoints import kept_checkpoint
 from search.console import LOG_FILE, say, to_log
-from search.folder import ResumeError, SearchFolder
+from search.folder import ResumeError, SearchFolder, StoppedBeforeSearch
 from search.parent_run import open_parent_run, record_results
 from search.prepare import prepare_data
 from search.ray_start import init_ray
@@ -50,20 +50,24 @@ def run_search(space: Space, options: Options, trainable: Trainable = run_trial,
     """Run the search `space` describes (or resume and extend the last one) and record it in
     MLflow. Trials that fail are recorded as failed; the search goes on without them (and
     its parent run ends FAILED if every trial failed). One driver runs a search at a time
-    (`SearchFolder.lock`); a search stopped early raises `SearchStopped`, its runs KILLED.
+    (`SearchFolder.lock`); a search stopped early raises `SearchStopped`, its runs KILLED
+    (`StoppedBeforeSearch` before its folder was made).
     Each trial is `trainable` (the Keras trial); `register` evaluates and registers the best
     trial's model (None: a trainable with no model, such as `search.curve_trial`'s)."""
     freeze_imports()
-    check_server(options.tracking_uri)
-    listing = prepare_data(space)
-    mlflow.set_tracking_uri(options.tracking_uri)
-    # MLflow's client reads each run it ends back from the server only to print the run's
-    # address: a request per trial, of the costliest kind (the run with all its data)
-    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-    client = open_store(options.tracking_uri)
-    storage = options.storage_path.resolve()
-    folder = _resumed_folder(client, storage, space) if options.resume else \
-        _new_folder(client, storage, space, listing, options.tracking_uri)
+    try:
+        check_server(options.tracking_uri)
+        listing = prepare_data(space)
+        mlflow.set_tracking_uri(options.tracking_uri)
+        # MLflow's client reads each run it ends back from the server only to print the
+        # run's address: a request per trial, of the costliest kind (the run with its data)
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        client = open_store(options.tracking_uri)
+        storage = options.storage_path.resolve()
+        folder = _resumed_folder(client, storage, space) if options.resume else \
+            _new_folder(client, storage, space, listing, options.tracking_uri)
+    except KeyboardInterrupt as exc:
+        raise StoppedBeforeSearch("stopped before the search began") from exc
     parent = folder.parent_run_id
     try:
         with to_log(folder.path / LOG_FILE):

@@ -41,6 +41,11 @@ class ResumeError(FolderError):
     """There is no search to resume, or it cannot be resumed where it was asked."""
 
 
+class StoppedBeforeSearch(KeyboardInterrupt):
+    """Stopped (Ctrl-C, SIGTERM) while the data was made ready or before the search's folder
+    was made: no folder was left, so there is nothing to resume."""
+
+
 @dataclass
 class SearchFolder:
     path: Path

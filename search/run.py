@@ -20,7 +20,7 @@ from typing import Any
 from search.cli import EXIT_BAD_INPUT, add_tracking_uri
 from search.cluster import ClusterError, given_address
 from search.console import first_line, silenced
-from search.folder import FolderError
+from search.folder import FolderError, StoppedBeforeSearch
 from search.server import TrackingError
 from search.space import SpaceError, load_space
 from trainables.data import DataError
@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
 
             ray.shutdown()
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP; search.tuning's SearchStopped
-        print(STOPPED.format(storage=args.storage_path) if searching else
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP; search.tuning's SearchStopped
+        began = searching and not isinstance(exc, StoppedBeforeSearch)
+        print(STOPPED.format(storage=args.storage_path) if began else
               "stopped before the search began", file=sys.stderr)
         return EXIT_STOPPED
     except Exception as exc:

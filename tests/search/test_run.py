@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -86,6 +87,29 @@ def test_sigterm_as_a_search_starts_stops_it_as_ctrl_c_does(sigint: str, tiny_sp
     assert driver.returncode in (130, 15), out[-3000:]
     assert "Traceback" not in out, out[-3000:]
     assert driver.returncode == 15 or out.strip().splitlines()[-1].startswith("stopped")
+
+
+def test_a_stop_before_the_search_began_says_there_is_nothing_to_resume(tiny_space_file,
+                                                                       tmp_path: Path) -> None:
+    # a tracking server that takes the connection and never answers: the driver waits in its
+    # check of the server (Ray up, no search folder yet), as it waits on a big data set's decode
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(240)
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "search.run", str(tiny_space_file()), "--tracking-uri",
+             f"http://127.0.0.1:{server.getsockname()[1]}", "--storage-path",
+             str(tmp_path / "ray")], cwd=tmp_path, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        connection, _ = server.accept()
+        with connection:
+            driver.send_signal(signal.SIGTERM)
+            out = driver.communicate(timeout=120)[0]
+    assert driver.returncode == 130, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert out.strip().splitlines()[-1] == "stopped before the search began"  # no --resume
+    assert not (tmp_path / "ray").exists()
 
 
 def test_ray_started_while_the_driver_loads_outlives_the_loading(tmp_path: Path) -> None:
