@@ -23,6 +23,7 @@ import numpy as np
 from search.cli import EXIT_BAD_INPUT, add_tracking_uri
 from search.console import first_line
 from search.evaluation import class_probabilities, predicted_classes
+from search.server import TrackingError
 from trainables.data import IMAGE_SUFFIXES
 from trainables.files import shown
 from trainables.images import decode
@@ -79,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import mlflow
 
+    from search.tracking import open_store
+
+    try:
+        open_store(args.tracking_uri)  # a store MLflow cannot use: one line, not a traceback
+    except TrackingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     mlflow.set_tracking_uri(args.tracking_uri)
     try:
         info = mlflow.models.get_model_info(args.model)

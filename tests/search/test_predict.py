@@ -99,3 +99,13 @@ def test_a_model_that_names_code_to_import_is_refused() -> None:
     assert "ships Python code" in unsafe({"tensorflow": {"code": "code"}})
     assert "not a Keras model" in unsafe({"python_function": {}})
     assert unsafe({"tensorflow": {"keras_module": "tensorflow.keras"}}) is None
+
+
+def test_a_store_mlflow_cannot_use_exits_2_with_one_line(tmp_path: Path, capsys) -> None:
+    # no PostgreSQL driver here (or no database at port 1): was a traceback
+    assert predict(["models:/x/1", str(tmp_path), "--tracking-uri",
+                    "postgresql://127.0.0.1:1/db"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: MLflow cannot use the tracking store postgresql://127.0.0.1:1/db"
+                          ": "), err
+    assert len(err.splitlines()) == 1
