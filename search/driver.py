@@ -51,7 +51,7 @@ def run_search(space: Space, options: Options, trainable: Trainable = run_trial,
     MLflow. Trials that fail are recorded as failed; the search goes on without them (and
     its parent run ends FAILED if every trial failed). One driver runs a search at a time
     (`SearchFolder.lock`); a search stopped early raises `SearchStopped`, its runs KILLED
-    (`StoppedBeforeSearch` before its folder was made).
+    (`StoppedBeforeSearch` before a new search's folder was made).
     Each trial is `trainable` (the Keras trial); `register` evaluates and registers the best
     trial's model (None: a trainable with no model, such as `search.curve_trial`'s)."""
     freeze_imports()
@@ -67,7 +67,9 @@ def run_search(space: Space, options: Options, trainable: Trainable = run_trial,
         folder = _resumed_folder(client, storage, space) if options.resume else \
             _new_folder(client, storage, space, listing, options.tracking_uri)
     except KeyboardInterrupt as exc:
-        raise StoppedBeforeSearch("stopped before the search began") from exc
+        if options.resume:
+            raise  # the search is still there to resume
+        raise StoppedBeforeSearch from exc
     parent = folder.parent_run_id
     try:
         with to_log(folder.path / LOG_FILE):

@@ -42,8 +42,8 @@ class ResumeError(FolderError):
 
 
 class StoppedBeforeSearch(KeyboardInterrupt):
-    """Stopped (Ctrl-C, SIGTERM) while the data was made ready or before the search's folder
-    was made: no folder was left, so there is nothing to resume."""
+    """A new search was stopped (Ctrl-C, SIGTERM) while its data was made ready or before its
+    folder was made: no folder was left, so there is nothing to resume."""
 
 
 @dataclass
