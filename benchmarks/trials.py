@@ -18,8 +18,10 @@ class SearchTrials:
 
 
 def epoch_rows(results_path: str) -> pd.DataFrame:
-    """One row per epoch any trial reported (Tune's result.json in each trial's folder)."""
-    frames = [pd.read_json(p, lines=True)
+    """One row per epoch any trial reported (Tune's result.json in each trial's folder), its
+    times as the seconds Tune and the trial wrote (pandas would read `started_at` and
+    `timestamp` as dates by their names)."""
+    frames = [pd.read_json(p, lines=True, convert_dates=False)
               for p in Path(results_path).parent.glob("part-*/*/result.json") if p.stat().st_size]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
