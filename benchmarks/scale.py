@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
 import os
 import resource
 import signal
@@ -249,8 +250,10 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"  {f['fifth']}: {f['results_per_s']:6.0f} results/s, driver CPU "
               f"{f['driver_cpu_ms_per_result']:6.1f} ms per result, "
               f"{f['driver_cpu_ms_per_trial']:7.1f} ms per trial")
-    print(f"driver peak RSS {r['peak_rss_mb']:.0f} MB, growing "
-          f"{r['rss_growth_mb_per_1000_trials']:.0f} MB per 1,000 trials")
+    growth = r["rss_growth_mb_per_1000_trials"]
+    print(f"driver peak RSS {r['peak_rss_mb']:.0f} MB, " + (
+        f"growing {growth:.0f} MB per 1,000 trials" if math.isfinite(growth) else
+        "its growth not measured (sampled every 100 trials: needs 200 or more)"))
     print(f"MLflow requests per result: {r['mlflow_requests_per_result']:.2f}; per trial: "
           + ", ".join(f"{endpoint} {n:.2f}" for endpoint, n in
                       r["mlflow_requests_per_trial"].items() if n >= 0.01))
