@@ -120,9 +120,10 @@ def ray_cluster(tmp_path: Path, head_cpus: int, workers: int):
 
 
 @pytest.fixture
-def two_node_cluster(tmp_path: Path):
-    """A head and a worker node, 1 CPU each."""
-    with ray_cluster(tmp_path, head_cpus=1, workers=1) as cluster:
+def two_worker_cluster(tmp_path: Path):
+    """A head with no CPUs for trials (as cluster.yaml's: it holds the driver and MLflow) and
+    two worker nodes of 1 CPU each."""
+    with ray_cluster(tmp_path, head_cpus=0, workers=2) as cluster:
         yield cluster
 
 
@@ -140,12 +141,15 @@ def _wait_for_nodes(address: str, env: dict, count: int, timeout_s: float = 120)
     pytest.fail(f"the Ray cluster did not reach {count} nodes")
 
 
-def test_search_on_a_two_node_cluster_logs_to_a_tracking_server(two_node_cluster,
-                                                                tmp_path: Path):
-    address, env = two_node_cluster
-    # trials long enough that the second node's worker is up before the first runs them all:
-    # with reuse_actors, a trial still waiting for its worker to start takes the first node's
-    # worker once that one's trial ends (20 epochs, 2.5 s a trial, lost that race on CI)
+def test_search_on_two_worker_nodes_logs_to_a_tracking_server(two_worker_cluster,
+                                                              tmp_path: Path):
+    address, env = two_worker_cluster
+    # with reuse_actors, a trial still waiting for its worker to start takes another node's
+    # worker once that one's trial ends. The two workers' trial processes start cold
+    # together, so each is up long before the other's first trial of 80 epochs ends; a head
+    # with a CPU started its own sooner, and its trials, on a fast day, ended before the
+    # worker node's process was up (all four ran on the head: 20 epochs lost that race on
+    # 2026-11-24, 80 on 2026-12-02)
     space = write_space(tmp_path, num_samples=4, epochs=80)
     with running_mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path,
                                tmp_path / "mlflow.log") as url:
@@ -159,7 +163,7 @@ def test_search_on_a_two_node_cluster_logs_to_a_tracking_server(two_node_cluster
     trials = [r for r in runs if r.data.tags.get("kind") == "trial"]
     assert len(trials) == 4 and len(runs) == 5
     nodes = {r.data.tags.get("ray_node_id") for r in trials} - {None}
-    assert len(nodes) == 2, nodes  # trials ran on the head and on the worker
+    assert len(nodes) == 2, nodes  # trials ran on both worker nodes
     parent = next(r for r in runs if r.data.tags.get("kind") == "search")
     assert parent.info.status == "FINISHED" and "registered_model" in parent.data.tags
 
