@@ -13,6 +13,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,13 @@ def load_arrays(split: Split, size: int, color_mode: str,
 
 def _build(split: Split, size: int, color_mode: str, images_path: Path, meta_path: Path) -> None:
     channels = 1 if color_mode == "grayscale" else 3
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL frees the GIL
+    # threads, as PIL frees the GIL
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, \
+            warnings.catch_warnings():
+        # a photo over Pillow's warning limit (89 megapixels) is decoded and resized like any
+        # other, without a warning on the terminal; over twice that, Pillow refuses it
+        # (DecompressionBombError) and it is skipped as unreadable
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         decoded = list(pool.map(lambda f: decode(f, size, color_mode), split.files))
     kept = [i for i, a in enumerate(decoded) if a is not None]
     images = np.zeros((len(kept), size, size, channels), dtype=np.uint8)

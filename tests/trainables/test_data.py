@@ -94,6 +94,28 @@ def test_decoded_once_cached_and_corrupt_files_skipped(image_tree: Path, tmp_pat
     assert gray.images.shape[1:] == (8, 8, 1)
 
 
+def test_a_photo_over_pillows_warning_limit_is_decoded_without_a_warning(tmp_path: Path) -> None:
+    """90 megapixels (Pillow warns of a decompression bomb over 89) is a large photo, not
+    an attack: decoded, resized and kept, and nothing printed. Over twice the limit Pillow
+    refuses it, and it is skipped."""
+    import warnings
+
+    from PIL import Image
+
+    from trainables.data import Split
+
+    Image.new("L", (9500, 9500), 128).save(tmp_path / "large.png")
+    Image.new("L", (13500, 13500), 128).save(tmp_path / "bomb.png")
+    split = Split((str(tmp_path / "large.png"), str(tmp_path / "bomb.png")),
+                  np.array([0, 1], np.int32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        arrays = load_arrays(split, 8, "grayscale", tmp_path / "cache")
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert arrays.images.shape == (1, 8, 8, 1) and (arrays.images == 128).all()
+    assert arrays.skipped == (str(tmp_path / "bomb.png"),)
+
+
 def test_a_large_jpeg_decoded_at_a_reduced_scale_matches_a_full_decode(tmp_path: Path) -> None:
     """libjpeg's DCT scaling (decoding 400 px at 1/2 for 150) gives the pixels a full
     decode and resize would, within a few levels of 255."""
