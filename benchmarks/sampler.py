@@ -22,21 +22,21 @@ from search.folder import DriverJournal, DriverStorage
 from search.sampling import DefineByRun
 from search.space import load_space
 
-CURVE_EPOCHS = (1, 1, 1, 3, 3, 9, 20)  # ASHA with grace 1 and factor 3 stops most at 1 and 3
-MAX_EPOCHS = 20
+RUNGS = (1, 1, 1, 3, 3, 9)  # ASHA with grace 1 and factor 3 stops most at 1 and 3
 
 
-def fill(study: optuna.Study, draw: DefineByRun, count: int, rng: random.Random) -> None:
+def fill(study: optuna.Study, draw: DefineByRun, count: int, max_epochs: int,
+         rng: random.Random) -> None:
     """Add `count` trials drawn by the study's sampler, each reporting a learning curve and
-    ending pruned, or complete at `MAX_EPOCHS`."""
+    ending pruned at a rung, or complete at `max_epochs` (one in seven)."""
     for _ in range(count):
         trial = study.ask()
         draw(trial)
-        epochs, ceiling, value = rng.choice(CURVE_EPOCHS), rng.random(), 0.0
+        epochs, ceiling, value = rng.choice((*RUNGS, max_epochs)), rng.random(), 0.0
         for epoch in range(1, epochs + 1):
             value = ceiling * math.tanh(epoch * rng.random())
             trial.report(value, epoch)
-        if epochs < MAX_EPOCHS:
+        if epochs < max_epochs:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(trial, value)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.repeats}): {', '.join(samplers)}")
         size = 0
         for target in sorted(args.sizes):
-            fill(filler, draw, target - size, rng)
+            fill(filler, draw, target - size, space.search.asha.max_epochs, rng)
             row = []
             for sampler in samplers.values():
                 study = optuna.load_study(study_name="s", storage=storage, sampler=sampler)
