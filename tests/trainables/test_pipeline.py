@@ -1,0 +1,28 @@
+"""The input pipeline over decoded arrays (`trainables.pipeline`)."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+
+from trainables.pipeline import make_dataset
+
+
+def test_a_dataset_holds_its_arrays_and_releases_them_when_dropped() -> None:
+    """A reused worker runs trial after trial: a trial's images (a memory map of the node's
+    cache) must live as long as its dataset, and no longer."""
+    images = np.arange(10 * 4 * 4, dtype=np.uint8).reshape(10, 4, 4, 1)
+    labels = np.arange(10, dtype=np.int32)
+    ds = make_dataset(images, labels, 4, training=True, seed=0)
+    images_gone, labels_gone = weakref.ref(images), weakref.ref(labels)
+    del images, labels  # the dataset alone holds them now
+    gc.collect()
+    batches = list(ds.as_numpy_iterator())
+    seen = np.concatenate([y for _, y in batches])
+    assert sorted(seen) == list(range(10))
+    assert all((x[:, 0, 0, 0] == 16 * y).all() for x, y in batches)
+    del ds, batches
+    gc.collect()
+    assert images_gone() is None and labels_gone() is None
