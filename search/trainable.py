@@ -37,7 +37,7 @@ from trainables.config import TrialConfig
 from trainables.data import Listing
 from trainables.images import load_arrays
 from trainables.models import Parts, frozen_part, join
-from trainables.resources import configure_tensorflow, freeze_imports
+from trainables.resources import configure_tensorflow, freeze_imports, fresh_session
 from trainables.train import TrialData, TrialFailed, train
 
 
@@ -84,7 +84,7 @@ def _run(params: dict[str, Any], space: Space, listing: Listing, search_folder: 
     freeze_imports()
     node_id = ray.get_runtime_context().get_node_id()
     configure_tensorflow(space.search.resources.cpu, space.search.resources.gpu)
-    keras.backend.clear_session()  # a reused worker must not carry the last trial's graph
+    fresh_session()  # a reused worker must not carry the last trial's graphs
     config = TrialConfig.from_params(params)
     trained, initial_epoch = None, 0
     checkpoint = tune.get_checkpoint()
