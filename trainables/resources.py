@@ -54,12 +54,13 @@ def gpu_total_mb() -> int | None:
 def fresh_session() -> None:
     """Start a trial clean in a process that may have run others (a reused worker): Keras'
     session cleared, and the gradient functions TensorFlow registered for earlier trials'
-    graphs dropped. Keras sums a training step's gradients through a `tf.custom_gradient`,
-    which registers a function in TensorFlow's global gradient registry each time a step is
-    traced, and that function holds the step's whole graph: 2 to 5 MB a trial for the life
-    of the worker, which `clear_session` does not free (tensorflow/tensorflow#97697; the same
-    purge is proposed for `clear_session` in keras-team/tf-keras#898). Only graphs traced
-    before this trial are dropped; no one differentiates them again."""
+    graphs dropped. Keras sums a training step's gradients over replicas (one here) with an
+    all-reduce whose gradient is a `tf.custom_gradient`: each time a step is traced, it
+    registers a function in TensorFlow's global gradient registry that holds the step's
+    whole graph, 2 to 5 MB a trial for the life of the worker, which `clear_session` does not
+    free (tensorflow/tensorflow#97697; keras-team/tf-keras#898 proposes the same purge in
+    `clear_session`). Only graphs traced before this trial are dropped; nothing
+    differentiates them again."""
     import keras
     from tensorflow.python.framework import ops
 
