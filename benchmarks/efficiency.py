@@ -54,7 +54,9 @@ def run_method(space: Space, method: str, seed: int, budget: int | None,
     if method == "hyperband":
         # each in a new process, its imports not timed: in one process KerasTuner's searches
         # slow down one after the other (the same search took 45, 48, 52 and 55 s, its
-        # memory 80 MB more each time), which would charge it for the benchmark's history
+        # memory 80 MB more each time: TensorFlow's gradient registry keeps every traced
+        # step, `trainables.resources.fresh_session`), which would charge it for the
+        # benchmark's history
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
             out = pool.submit(_hyperband, dataclasses.replace(space, seed=seed),
