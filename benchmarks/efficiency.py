@@ -6,15 +6,14 @@ and the space's baselines alone. Hyperband runs first: its epochs (fixed by the 
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from benchmarks.fresh import in_new_process
 from benchmarks.hyperband import run_hyperband
 from benchmarks.trials import curve, read_trials
 from search.driver import Options, run_search
@@ -57,10 +56,7 @@ def run_method(space: Space, method: str, seed: int, budget: int | None,
         # memory 80 MB more each time: TensorFlow's gradient registry keeps every traced
         # step, `trainables.resources.fresh_session`), which would charge it for the
         # benchmark's history
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-            out = pool.submit(_hyperband, dataclasses.replace(space, seed=seed),
-                              folder / "kt").result()
+        out = in_new_process(_hyperband, dataclasses.replace(space, seed=seed), folder / "kt")
         epochs, best = [], []
         spent, top = 0, 0.0
         for n, score in out["curve"]:
