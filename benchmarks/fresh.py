@@ -14,7 +14,7 @@ T = TypeVar("T")
 
 
 def in_new_process(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`fn(*args, **kwargs)` in a new (spawned) process, its imports not timed by `fn`."""
+    """`fn(*args, **kwargs)` run in a new (spawned) process, its result sent back."""
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
         return pool.submit(fn, *args, **kwargs).result()
