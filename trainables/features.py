@@ -13,11 +13,8 @@ rather than all computing the same thing at once.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainables.config import TrialConfig
-from trainables.images import Arrays, write_atomic
+from trainables.images import Arrays, locked, write_atomic
 
 CHUNK = 256  # images run through the frozen part per call
 
@@ -55,7 +52,7 @@ def features(frozen: keras.Model, arrays: Arrays, key: str) -> Arrays:
         return _with(arrays, _compute(frozen, arrays.images))
     path = arrays.source.with_name(f"{arrays.source.stem}-features-{key}.npy")
     if not path.exists():
-        with _locked(path.with_suffix(".lock")):
+        with locked(path.with_suffix(".lock")):
             if not path.exists():  # another trial may have written it while we waited
                 write_atomic(path, lambda f: np.save(f, _compute(frozen, arrays.images)))
     # NumPy writes bfloat16 (not a NumPy type) as 2-byte records: read back as what they are
@@ -82,14 +79,3 @@ def _compute(frozen: keras.Model, images: np.ndarray) -> np.ndarray:
 
 def _with(arrays: Arrays, values: np.ndarray) -> Arrays:
     return Arrays(values, arrays.labels, arrays.skipped, arrays.source)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path` (created if absent) for the length of a `with`."""
-    with path.open("a") as file:
-        fcntl.flock(file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(file, fcntl.LOCK_UN)

@@ -22,11 +22,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import keras
 
 from trainables.config import TrialConfig
+from trainables.images import DEFAULT_CACHE, locked
 
 # name -> (constructor, preprocess_input mode of keras.applications.imagenet_utils or None
 # where the application rescales inside itself)
@@ -36,6 +38,9 @@ BACKBONES: dict[str, tuple[Callable[..., keras.Model], str | None]] = {
     "efficientnet_b0": (keras.applications.EfficientNetB0, None),
 }
 
+
+# held while a backbone with ImageNet weights is built (`pretrained`)
+WEIGHTS_LOCK = DEFAULT_CACHE / "imagenet-weights.lock"
 
 # `keras.applications.imagenet_utils.preprocess_input`'s "caffe" mode: RGB to BGR, then each
 # channel less its ImageNet mean
@@ -204,15 +209,31 @@ def _backbone(config: TrialConfig, channels: int) -> tuple[keras.Model, int]:
         raise ValueError(f"backbone {config.backbone} needs RGB images (color_mode: rgb)")
     keras.utils.set_random_seed(config.seed)
     weights = None if config.backbone_weights == "none" else config.backbone_weights
-    constructor = BACKBONES[config.backbone][0]
-    base = constructor(include_top=False, weights=weights,
-                       input_shape=(config.image_size, config.image_size, 3))
+    base = pretrained(BACKBONES[config.backbone][0], weights, include_top=False,
+                      input_shape=(config.image_size, config.image_size, 3))
     first_trainable = len(base.layers) - min(config.backbone_trainable_layers,
                                              len(base.layers) - 1)
     base.trainable = first_trainable < len(base.layers)
     for layer in base.layers[:first_trainable]:
         layer.trainable = False
     return base, _cut(base.layers, first_trainable)
+
+
+Built = TypeVar("Built")
+
+
+def pretrained(constructor: Callable[..., Built], weights: str | None,
+               lock: Path = WEIGHTS_LOCK, **kwargs: Any) -> Built:
+    """`constructor(weights=weights, **kwargs)`, with ImageNet weights fetched by one
+    process of the node at a time. Keras downloads them on first use straight into their
+    file in its cache, so two trials building a backbone at once (the gemstones and blood
+    cells baselines, both VGG16) both wrote it, and the one that finished first found it
+    changed under it: a hash mismatch, a failed trial. The others wait, then find the file
+    whole."""
+    if weights != "imagenet":
+        return constructor(weights=weights, **kwargs)
+    with locked(lock):
+        return constructor(weights=weights, **kwargs)
 
 
 def _cut(layers: list[keras.layers.Layer], at_most: int) -> int:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import gc
+import hashlib
+import http.server
+import threading
+import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -26,6 +32,7 @@ from trainables.models import (
     feature_map_size,
     frozen_part,
     join,
+    pretrained,
 )
 from trainables.resources import fresh_session
 from trainables.train import TrialData, TrialFailed, train
@@ -310,3 +317,47 @@ def test_a_checkpoint_resumes_with_its_optimizer_and_registers_without_it(
     pixels = tiny_photos().train.images[:4].astype("float32")
     np.testing.assert_allclose(whole.predict(pixels, verbose=0),
                                join(parts).predict(pixels, verbose=0), atol=1e-6)
+
+
+def test_imagenet_weights_are_fetched_by_one_trial_of_a_node_at_a_time(tmp_path: Path) -> None:
+    """Two trials building a backbone with ImageNet weights at once, the second starting
+    when the first has downloaded two thirds: through Keras' own `get_file` (from a slow
+    local server, with the file's hash, as `keras.applications` fetches), both get the whole
+    file. Without the lock the second found half a file, downloaded it again over the first's
+    download, and the first's check of its download failed."""
+    blob = np.random.default_rng(0).bytes(4 << 20)
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(blob)))
+            self.end_headers()
+            for start in range(0, len(blob), 1 << 18):
+                self.wfile.write(blob[start:start + (1 << 18)])
+                time.sleep(0.05)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = tmp_path / "keras" / "models" / "weights.h5"
+    target.parent.mkdir(parents=True)  # else Keras falls back to /tmp/.keras
+
+    def fetch(weights: str, **kwargs: Any) -> bytes:
+        path = keras.utils.get_file("weights.h5", f"http://127.0.0.1:{server.server_port}/w",
+                                    cache_dir=str(tmp_path / "keras"), cache_subdir="models",
+                                    file_hash=hashlib.sha256(blob).hexdigest())
+        return Path(path).read_bytes()
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(pretrained, fetch, "imagenet", lock=tmp_path / "lock")
+            while not first.done() and \
+                    (not target.exists() or target.stat().st_size < len(blob) * 2 // 3):
+                time.sleep(0.01)
+            assert not first.done()  # the first trial is still downloading
+            second = pool.submit(pretrained, fetch, "imagenet", lock=tmp_path / "lock")
+            assert first.result() == blob and second.result() == blob
+    finally:
+        server.shutdown()
