@@ -14,7 +14,7 @@ from search.space import Choice, Fixed, Space
 from trainables.data import DataError, Listing, list_images
 from trainables.digits import write_digits
 from trainables.files import shown
-from trainables.images import load_arrays
+from trainables.images import DEFAULT_CACHE, load_arrays
 
 
 def prepare_data(space: Space) -> Listing:
@@ -22,7 +22,12 @@ def prepare_data(space: Space) -> Listing:
     split once at each image size the space can draw (trials then read the shared cache).
     A class with no readable image in a split is a `DataError` naming it."""
     if space.data.generate == "digits":
-        write_digits(Path(space.data.root))  # generated data is local
+        root = Path(space.data.root)  # generated data is local
+        try:
+            write_digits(root)
+        except OSError as exc:
+            raise DataError(f"cannot write the digits under {root}: {exc.strerror}; pass "
+                            f"--data-root a folder you can write to") from None
     listing = list_images(space.data, space.seed)
     param = space.params["image_size"]
     sizes = [param.value] if isinstance(param, Fixed) else \
@@ -30,7 +35,14 @@ def prepare_data(space: Space) -> Listing:
     skipped: set[str] = set()
     for size in sizes:
         for name, split in listing.splits.items():
-            arrays = load_arrays(split, size, space.data.color_mode, space.data.cache_dir)
+            try:
+                arrays = load_arrays(split, size, space.data.color_mode, space.data.cache_dir)
+            except OSError as exc:  # the cache's folder, or a file gone since the listing
+                cache = space.data.cache_dir or DEFAULT_CACHE
+                hint = "; set data.cache_dir in the space, or KERAS_SEARCH_CACHE, to a folder " \
+                    "you can write to" if Path(exc.filename or "/").is_relative_to(cache) else ""
+                raise DataError(f"cannot decode the {name} images into the cache: "
+                                f"{exc.filename or cache}: {exc.strerror}{hint}") from None
             skipped.update(arrays.skipped)
             for i, cls in enumerate(listing.classes):
                 if not np.any(arrays.labels == i):

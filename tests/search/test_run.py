@@ -38,6 +38,30 @@ def test_missing_data_exits_2_and_leaves_nothing_behind(tmp_path: Path, capsys,
     assert ray.is_initialized() == ray_was_up
 
 
+def test_a_folder_it_cannot_write_exits_2_with_one_line(tmp_path: Path, capsys,
+                                                        monkeypatch) -> None:
+    """The digits written, or the images decoded into the cache, where no folder can be
+    made (below a file): one line that says where, and what to change."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("")
+    blocked = tmp_path / "file" / "digits"
+    assert main([str(SPACES / "digits.yaml"), "--data-root", str(blocked),
+                 "--storage-path", "r"]) == 2
+    # the last line: before it, Ray's start in this process (as a command, in search.log)
+    line = capsys.readouterr().err.splitlines()[-1]  # the OS's reason between
+    assert line.startswith(f"error: cannot write the digits under {blocked}: ")
+    assert line.endswith("; pass --data-root a folder you can write to")
+    space, cache = tmp_path / "digits.yaml", tmp_path / "file" / "cache"
+    space.write_text((SPACES / "digits.yaml").read_text().replace(
+        "  generate: digits\n", f"  generate: digits\n  cache_dir: {cache}\n"))
+    assert main([str(space), "--data-root", str(tmp_path / "digits"), "--storage-path", "r"]) == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith(f"error: cannot decode the train images into the cache: {cache}: ")
+    assert line.endswith("; set data.cache_dir in the space, or KERAS_SEARCH_CACHE, to a folder "
+                         "you can write to")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_a_ray_address_nothing_answers_at_exits_2_with_one_line(tiny_space_file,
                                                                 tmp_path: Path) -> None:
     # in a process of its own, as a user runs it: ray.init alone waits minutes, silent
