@@ -88,9 +88,16 @@ class _Scanned:
     empty: list[str]
 
 
+def _no_folder(folder: Location) -> DataError:
+    """The error for a data folder that is not there: a file in its place, or nothing."""
+    if not files.is_uri(folder) and Path(folder).is_file():
+        return DataError(f"data folder {folder} is a file, not a folder of images")
+    return DataError(f"data folder {folder} does not exist")
+
+
 def _scan(folder: Location, source: SplitSource) -> _Scanned:
     if not files.is_dir(folder):
-        raise DataError(f"data folder {folder} does not exist")
+        raise _no_folder(folder)
     found: list[tuple[str, str]] = []
     ignored = 0
     empty: list[str] = []
@@ -119,7 +126,7 @@ def _scan(folder: Location, source: SplitSource) -> _Scanned:
 def list_images(spec: DataSpec, seed: int) -> Listing:
     """List every split's files and labels. Raises `DataError` if the data cannot be used."""
     if not files.is_dir(spec.root):
-        raise DataError(f"data folder {spec.root} does not exist")
+        raise _no_folder(spec.root)
     scans = {name: _scan(files.join(spec.root, str(source.path)), source)
              for name in SPLITS if isinstance(source := getattr(spec, name), SplitSource)}
     scanned = {name: scan.pairs for name, scan in scans.items()}

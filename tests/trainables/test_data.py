@@ -60,6 +60,7 @@ def test_listed_classes_select_folders(image_tree: Path) -> None:
 
 @pytest.mark.parametrize("prepare, message", [
     (lambda root: shutil.rmtree(root), "does not exist"),
+    (lambda root: shutil.rmtree(root) or root.write_text(""), "is a file, not a folder"),
     (lambda root: [shutil.rmtree(p) for p in root.iterdir()], "no images found"),
     (lambda root: [shutil.rmtree(root / c) for c in ("square", "stripes")], "at least 2"),
 ])
