@@ -18,6 +18,10 @@ from search.space.settings import Asha, Resources, SearchSettings
 from search.space.space import Space
 from trainables.config import KEYS, MAX_EPOCHS, SECTIONS, TrialConfig, block_key_name
 
+# A space file is a few KB of YAML. Past these it is not one: a file passed by mistake, or
+# aliases nested to make a short file billions of values (which an error would then print)
+MAX_FILE_BYTES, MAX_VALUES = 1_000_000, 100_000
+
 
 def load_space(path: str | os.PathLike[str],
                overrides: Mapping[str, tuple[str, Any]] | None = None) -> Space:
@@ -30,6 +34,10 @@ def load_space(path: str | os.PathLike[str],
     overrides = overrides or {}
     reader = Reader(source, {key: option for key, (option, _) in overrides.items()})
     try:
+        size = source.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise SpaceError(f"{source}: {size:,} bytes; a space file is YAML of a few KB "
+                             f"(see spaces/)")
         raw = yaml.safe_load(source.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpaceError(f"{source}: no such space file") from None
@@ -40,6 +48,9 @@ def load_space(path: str | os.PathLike[str],
     if raw is None:
         raise SpaceError(f"{source}: empty; a space file holds at least name and data "
                          f"(see spaces/)")
+    if not _at_most(raw, MAX_VALUES):
+        raise SpaceError(f"{source}: more than {MAX_VALUES:,} values once its YAML aliases "
+                         f"are expanded; a space holds a few hundred")
     top = _overridden(reader.mapping(raw, "", {"name", "seed", "data", *SECTIONS, "search",
                                                 "baselines"}),
                       {key: value for key, (_, value) in overrides.items()})
@@ -60,6 +71,21 @@ def load_space(path: str | os.PathLike[str],
     space = Space(name, source, seed, data, params, search, baselines)
     _check_head(reader, space)
     return space
+
+
+def _at_most(raw: Any, limit: int) -> bool:
+    """Whether `raw` holds at most `limit` values, an alias counted each time it is used."""
+    stack, count = [raw], 0
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > limit:
+            return False
+        if isinstance(value, dict):
+            stack.extend([*value.keys(), *value.values()])
+        elif isinstance(value, list):
+            stack.extend(value)
+    return True
 
 
 def _overridden(top: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:

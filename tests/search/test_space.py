@@ -135,6 +135,24 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_space(bad)
 
 
+def test_a_file_that_is_no_space_is_refused_before_it_costs(tmp_path: Path) -> None:
+    """A file passed by mistake, and aliases nested into a billion values (whose error would
+    print them all: 9 levels of 9 took 6 s and 1.2 GB to print, and each level more, 9x
+    that), or into themselves: refused at once."""
+    big = tmp_path / "labels.csv"
+    big.write_text("id,label\n" * 200_000)
+    with pytest.raises(SpaceError, match=f"^{big}: 1,800,000 bytes; a space file is YAML"):
+        load_space(big)
+    levels = ['&l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]'] + [
+        f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 12)]
+    for text in (f"name: [{', '.join(levels)}]\ndata: {{root: d}}\n",
+                 "name: &self [*self]\ndata: {root: d}\n"):
+        bomb = tmp_path / "bomb.yaml"
+        bomb.write_text(text)
+        with pytest.raises(SpaceError, match="more than 100,000 values once its YAML aliases"):
+            load_space(bomb)
+
+
 def test_baseline_takes_fixed_values_and_defaults(tmp_path: Path) -> None:
     space = load_space(write(tmp_path, {"train.epochs": 7,
                                         "baselines": {"b": {"dense_dropout": 0.25}}}))
