@@ -239,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cadence-only", action="store_true", help="part 4 alone")
     p.add_argument("--precision-only", action="store_true", help="part 5 alone")
     p.add_argument("--peak-only", action="store_true", help="part 6 alone")
+    p.add_argument("--search-shape", type=int, nargs=3, metavar=("PX", "TRIALS", "EPOCHS"),
+                   help="part 2's image size, trials and ASHA max epochs (grace 3; "
+                        "default 64 12 12)")
+    p.add_argument("--same-trials", action="store_true",
+                   help="part 2 with random sampling and no early stop: the same trials "
+                        "and epochs on every side")
     args = p.parse_args(argv)
     configure_tensorflow(float(os.cpu_count() or 1), 0.0)
     space = load_space(HERE / "gemstones.yaml")
@@ -250,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.peak_only:
         return peak(space)
     if args.search_only:
-        print_search_lines(whole_search(space, args.quick))
+        shape = tuple(args.search_shape) if args.search_shape else None
+        print_search_lines(whole_search(space, args.quick, shape, args.same_trials))
         return 0
     blood = blood_cells_space(space)
     write_photos(Path(blood.data.root), BLOOD_CELLS_PER_CLASS, 4)
@@ -298,12 +305,21 @@ def main(argv: list[str] | None = None) -> int:
     return precision(space)
 
 
-def whole_search(space: Space, quick: bool) -> dict[str, dict[str, Any]]:
-    """Part 2, printed: the search's figures before, now, and now in mixed bfloat16."""
-    size, n, max_epochs = (64, 8, 9) if quick else (64, 12, 12)
-    print(f"\n2. the whole search: {n} trials at {size} px, ASHA up to {max_epochs} epochs, "
-          "grace 3, 2 at a time")
+def whole_search(space: Space, quick: bool, shape: tuple[int, int, int] | None = None,
+                 same_trials: bool = False) -> dict[str, dict[str, Any]]:
+    """Part 2, printed: the search's figures before, now, and now in mixed bfloat16; `shape`
+    is (image size, trials, ASHA's max epochs), by default 64 px, 12 trials, 12 epochs.
+    `same_trials`: random sampling and no early stop, so that every side trains the same
+    trials for the same epochs (TPE and ASHA follow the results, which differ by side)."""
+    size, n, max_epochs = shape or ((64, 8, 9) if quick else (64, 12, 12))
     small = smaller(space, size, n, max_epochs)
+    if same_trials:
+        small = dataclasses.replace(small, search=dataclasses.replace(
+            small.search, sampler="random",
+            asha=dataclasses.replace(small.search.asha, grace_period=max_epochs)))
+    print(f"\n2. the whole search: {n} trials at {size} px, "
+          f"{small.search.sampler}, ASHA up to {max_epochs} epochs, grace "
+          f"{small.search.asha.grace_period}, 2 at a time")
     return {"before": _search_side(small, "before", feature_cache=False,
                                    checkpoint_every_s=0.0),
             "now": _search_side(small, "now"),
