@@ -230,9 +230,7 @@ def pretrained(constructor: Callable[..., Built], weights: str | None,
     cells baselines, both VGG16) both wrote it, and the one that finished first found it
     changed under it: a hash mismatch, a failed trial. The others wait, then find the file
     whole."""
-    if weights != "imagenet":
-        return constructor(weights=weights, **kwargs)
-    with locked(lock):
+    with locked(lock) if weights == "imagenet" else contextlib.nullcontext():
         return constructor(weights=weights, **kwargs)
 
 
