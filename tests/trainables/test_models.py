@@ -5,9 +5,12 @@ from __future__ import annotations
 import gc
 import hashlib
 import http.server
+import subprocess
+import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -319,21 +322,19 @@ def test_a_checkpoint_resumes_with_its_optimizer_and_registers_without_it(
                                join(parts).predict(pixels, verbose=0), atol=1e-6)
 
 
-def test_imagenet_weights_are_fetched_by_one_trial_of_a_node_at_a_time(tmp_path: Path) -> None:
-    """Two trials building a backbone with ImageNet weights at once, the second starting
-    when the first has downloaded two thirds: through Keras' own `get_file` (from a slow
-    local server, with the file's hash, as `keras.applications` fetches), both get the whole
-    file. Without the lock the second found half a file, downloaded it again over the first's
-    download, and the first's check of its download failed."""
-    blob = np.random.default_rng(0).bytes(4 << 20)
+BLOB = np.random.default_rng(0).bytes(4 << 20)  # a weights file
 
+
+@pytest.fixture
+def slow_weights() -> Iterator[str]:
+    """The address of `BLOB` on a local server that sends it in 0.8 s, as a download runs."""
     class Slow(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             self.send_response(200)
-            self.send_header("Content-Length", str(len(blob)))
+            self.send_header("Content-Length", str(len(BLOB)))
             self.end_headers()
-            for start in range(0, len(blob), 1 << 18):
-                self.wfile.write(blob[start:start + (1 << 18)])
+            for start in range(0, len(BLOB), 1 << 18):
+                self.wfile.write(BLOB[start:start + (1 << 18)])
                 time.sleep(0.05)
 
         def log_message(self, *args: Any) -> None:
@@ -341,23 +342,76 @@ def test_imagenet_weights_are_fetched_by_one_trial_of_a_node_at_a_time(tmp_path:
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    target = tmp_path / "keras" / "models" / "weights.h5"
-    target.parent.mkdir(parents=True)  # else Keras falls back to /tmp/.keras
+    yield f"http://127.0.0.1:{server.server_port}/weights"
+    server.shutdown()
 
-    def fetch(weights: str, **kwargs: Any) -> bytes:
-        path = keras.utils.get_file("weights.h5", f"http://127.0.0.1:{server.server_port}/w",
-                                    cache_dir=str(tmp_path / "keras"), cache_subdir="models",
-                                    file_hash=hashlib.sha256(blob).hexdigest())
-        return Path(path).read_bytes()
 
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            first = pool.submit(pretrained, fetch, "imagenet", lock=tmp_path / "lock")
-            while not first.done() and \
-                    (not target.exists() or target.stat().st_size < len(blob) * 2 // 3):
-                time.sleep(0.01)
-            assert not first.done()  # the first trial is still downloading
-            second = pool.submit(pretrained, fetch, "imagenet", lock=tmp_path / "lock")
-            assert first.result() == blob and second.result() == blob
-    finally:
-        server.shutdown()
+def fetch(url: str, home: Path, file_hash: str | None = None) -> bytes:
+    """What `keras.applications` does to get its weights: Keras' `get_file` into the
+    `models` folder of Keras' cache `home` (which must exist, else Keras falls back to
+    /tmp/.keras); the bytes it gives."""
+    return Path(keras.utils.get_file("weights.h5", url, cache_dir=str(home),
+                                     cache_subdir="models", file_hash=file_hash)).read_bytes()
+
+
+def test_imagenet_weights_are_fetched_by_one_trial_of_a_node_at_a_time(
+        tmp_path: Path, slow_weights: str) -> None:
+    """Two trials building a backbone with ImageNet weights at once, the second starting
+    when the first has downloaded two thirds: through Keras' own `get_file` (with the file's
+    hash, as `keras.applications` fetches VGG16's), both get the whole file. Without the
+    lock the second found half a file, downloaded it again over the first's download, and
+    the first's check of its download failed."""
+    downloads = tmp_path / "keras" / "models"
+    downloads.mkdir(parents=True)
+    target = downloads / "weights.h5"
+
+    def build(weights: str) -> bytes:
+        return fetch(slow_weights, downloads.parent, hashlib.sha256(BLOB).hexdigest())
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(pretrained, build, "imagenet", lock=tmp_path / "lock",
+                            downloads=downloads)
+        while not first.done() and (not target.exists() or
+                                    target.stat().st_size < len(BLOB) * 2 // 3):
+            time.sleep(0.01)
+        assert not first.done()  # the first trial is still downloading
+        second = pool.submit(pretrained, build, "imagenet", lock=tmp_path / "lock",
+                             downloads=downloads)
+        assert first.result() == BLOB and second.result() == BLOB
+
+
+KILLED_MID_DOWNLOAD = """
+import sys
+from pathlib import Path
+from tests.trainables.test_models import fetch
+from trainables.models import pretrained
+url, downloads, lock = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+pretrained(lambda weights: fetch(url, downloads.parent), "imagenet", lock=lock,
+           downloads=downloads)
+"""
+
+
+def test_weights_cut_short_by_a_killed_trial_are_fetched_again(
+        tmp_path: Path, slow_weights: str) -> None:
+    """A trial killed (SIGKILL) a third into downloading weights that Keras has no hash for
+    (MobileNetV2's) leaves part of the file; the next trial to build that backbone gets the
+    whole file, not the part (which Keras took as whole: every later trial failed on a
+    truncated file)."""
+    downloads = tmp_path / "keras" / "models"
+    downloads.mkdir(parents=True)
+    (downloads / "other.h5").write_bytes(b"weights fetched before")
+    partial = downloads / "weights.h5"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_MID_DOWNLOAD, slow_weights,
+                              str(downloads), str(tmp_path / "lock")],
+                             cwd=Path(__file__).parents[2])
+    while child.poll() is None and (not partial.exists() or
+                                    partial.stat().st_size < len(BLOB) // 3):
+        time.sleep(0.01)
+    assert child.poll() is None, "the trial ended before it had downloaded a third"
+    child.kill()
+    child.wait()
+    assert 0 < partial.stat().st_size < len(BLOB)  # what the killed trial left
+    got = pretrained(lambda weights: fetch(slow_weights, downloads.parent), "imagenet",
+                     lock=tmp_path / "lock", downloads=downloads)
+    assert got == BLOB
+    assert (downloads / "other.h5").read_bytes() == b"weights fetched before"
