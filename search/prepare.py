@@ -26,7 +26,7 @@ def prepare_data(space: Space) -> Listing:
         try:
             write_digits(root)
         except OSError as exc:
-            raise DataError(f"cannot write the digits under {root}: {exc.strerror}; pass "
+            raise DataError(f"cannot write the digits under {root}: {_reason(exc)}; pass "
                             f"--data-root a folder you can write to") from None
     listing = list_images(space.data, space.seed)
     param = space.params["image_size"]
@@ -37,12 +37,13 @@ def prepare_data(space: Space) -> Listing:
         for name, split in listing.splits.items():
             try:
                 arrays = load_arrays(split, size, space.data.color_mode, space.data.cache_dir)
-            except OSError as exc:  # the cache's folder, or a file gone since the listing
-                cache = space.data.cache_dir or DEFAULT_CACHE
+            except OSError as exc:  # the cache's folder or disk, or a file gone since listed
+                cache = Path(space.data.cache_dir or DEFAULT_CACHE)
+                where = Path(exc.filename or cache)  # a full disk names no file
                 hint = "; set data.cache_dir in the space, or KERAS_SEARCH_CACHE, to a folder " \
-                    "you can write to" if Path(exc.filename or "/").is_relative_to(cache) else ""
+                    "you can write to" if where.is_relative_to(cache) else ""
                 raise DataError(f"cannot decode the {name} images into the cache: "
-                                f"{exc.filename or cache}: {exc.strerror}{hint}") from None
+                                f"{where}: {_reason(exc)}{hint}") from None
             skipped.update(arrays.skipped)
             for i, cls in enumerate(listing.classes):
                 if not np.any(arrays.labels == i):
@@ -54,3 +55,9 @@ def prepare_data(space: Space) -> Listing:
     if skipped:
         say(f"skipped {len(skipped)} unreadable images, for example {shown(min(skipped))}")
     return listing
+
+
+def _reason(exc: OSError) -> str:
+    """What went wrong, in the OS's words; numpy's short write, which is how a full disk
+    shows when it saves an array, has none."""
+    return exc.strerror or f"{exc} (is the disk full?)"

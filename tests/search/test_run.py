@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -13,7 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import HUGE, HUGE_SPACE, free_port, write_space
 
+from search.prepare import prepare_data
 from search.run import main
+from search.space import load_space
+from trainables.data import DataError
 
 SPACES = Path(__file__).parents[2] / "spaces"
 
@@ -60,6 +64,30 @@ def test_a_folder_it_cannot_write_exits_2_with_one_line(tmp_path: Path, capsys,
     assert line.endswith("; set data.cache_dir in the space, or KERAS_SEARCH_CACHE, to a folder "
                          "you can write to")
     assert not (tmp_path / "r").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_full_disk_under_the_cache_is_one_line_and_leaves_no_part(tmp_path: Path) -> None:
+    """Decoding into a cache on a disk that fills (files capped at 64 KB: numpy's write of
+    the train split comes up short, an error with no file name or reason of the OS's): one
+    line that names the cache and what to change, and no part of an array left there."""
+    space, cache = tmp_path / "digits.yaml", tmp_path / "cache"
+    space.write_text((SPACES / "digits.yaml").read_text().replace(
+        "  root: data/digits\n", f"  root: {tmp_path / 'digits'}\n  cache_dir: {cache}\n"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    ignored = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a short write, not a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, hard))
+    try:
+        with pytest.raises(DataError) as error:
+            prepare_data(load_space(space))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, ignored)
+    assert str(error.value).startswith(f"cannot decode the train images into the cache: "
+                                       f"{cache}: ")
+    assert str(error.value).endswith(" (is the disk full?); set data.cache_dir in the space, "
+                                     "or KERAS_SEARCH_CACHE, to a folder you can write to")
+    assert not [p for p in cache.rglob("*") if p.suffix in {".npy", ".json"} or
+                p.name.startswith(".")]
 
 
 def test_a_ray_address_nothing_answers_at_exits_2_with_one_line(tiny_space_file,
