@@ -43,25 +43,36 @@ def is_dir(folder: Location) -> bool:
     return _gfile().isdir(folder) if is_uri(folder) else Path(folder).is_dir()
 
 
+def hidden(name: str) -> bool:
+    """Not data, whatever its suffix: a dot file or folder (a Mac's `.DS_Store` and `._x.jpg`
+    shadow files, Jupyter's `.ipynb_checkpoints` with its copies of the images) or the
+    `__MACOSX` folder a Mac's zip unpacks to. Keras' own listing skips dot folders too."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def entries(folder: Location) -> tuple[list[str], list[str]]:
-    """Sorted names of the sub-folders and of the files directly in `folder`."""
+    """Sorted names of the sub-folders and of the files directly in `folder`, hidden ones
+    left out."""
     if is_uri(folder):
         gfile = _gfile()
-        names = [n.rstrip("/") for n in gfile.listdir(folder)]
+        names = [n.rstrip("/") for n in gfile.listdir(folder) if not hidden(n.rstrip("/"))]
         dirs = [n for n in names if gfile.isdir(join(folder, n))]
         return sorted(dirs), sorted(set(names) - set(dirs))
-    children = list(Path(folder).iterdir())
+    children = [p for p in Path(folder).iterdir() if not hidden(p.name)]
     return (sorted(p.name for p in children if p.is_dir()),
             sorted(p.name for p in children if p.is_file()))
 
 
 def files_below(folder: Location) -> Iterator[str]:
-    """Every file under `folder`, at any depth, in sorted order."""
+    """Every file under `folder`, at any depth, in sorted order, but for hidden files and
+    what hidden folders hold."""
     if is_uri(folder):
         for top, _, names in sorted(_gfile().walk(folder)):
-            yield from (str(join(top, n)) for n in sorted(names))
+            if not any(hidden(part) for part in str(top)[len(str(folder)):].split("/")):
+                yield from (str(join(top, n)) for n in sorted(names) if not hidden(n))
     else:
-        yield from (str(p) for p in sorted(Path(folder).rglob("*")) if p.is_file())
+        yield from (str(p) for p in sorted(Path(folder).rglob("*")) if p.is_file() and
+                    not any(hidden(part) for part in p.relative_to(folder).parts))
 
 
 def signature(path: str) -> tuple[int, int]:

@@ -133,18 +133,46 @@ def test_a_large_jpeg_decoded_at_a_reduced_scale_matches_a_full_decode(tmp_path:
     assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 3
 
 
+def add_hidden_files(root: Path) -> None:
+    """What a Mac, its zips and Jupyter leave in a data folder, none of it data: shadow files
+    and copies of images under image suffixes, in class folders and as class folders."""
+    (root / ".ipynb_checkpoints").mkdir()  # as a class folder, and in one, holding copies
+    (root / "circle" / ".ipynb_checkpoints").mkdir()
+    for copy in [root / ".ipynb_checkpoints" / "000-checkpoint.png",
+                 root / "circle" / ".ipynb_checkpoints" / "000-checkpoint.png"]:
+        copy.write_bytes((root / "circle" / "000.png").read_bytes())
+    (root / "__MACOSX" / "circle").mkdir(parents=True)
+    (root / "__MACOSX" / "circle" / "._000.png").write_bytes(b"\x00\x05\x16\x07 shadow")
+    (root / "square" / "._000.png").write_bytes(b"\x00\x05\x16\x07 shadow")
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+
+
+def test_hidden_files_and_folders_are_not_data(image_tree: Path) -> None:
+    """A class folder's `.ipynb_checkpoints` (copies of its images, which would have leaked
+    between splits), one at the top (a class of its own, which Keras skips), a zip's
+    `__MACOSX`, `._` shadow files and `.DS_Store`: the listing is the same as without them."""
+    clean = list_images(spec(image_tree), seed=1)
+    add_hidden_files(image_tree)
+    listing = list_images(spec(image_tree), seed=1)
+    assert listing.classes == clean.classes and listing.ignored == clean.ignored
+    for name, split in clean.splits.items():
+        assert listing.splits[name].files == split.files
+
+
 def test_a_uri_root_is_read_through_tensorflow(image_tree: Path, tmp_path: Path) -> None:
     """The same tree copied to TensorFlow's in-memory file system (`ram://`, as a bucket's
     `gs://` would be read): the same listing, labels and pixels as from the local folder."""
     import tensorflow as tf
 
     uri = f"ram://{tmp_path.name}/images"
+    local = list_images(spec(image_tree), seed=1)
+    add_hidden_files(image_tree)  # skipped there too
     for path in sorted(image_tree.rglob("*")):
         if path.is_file():
             target = f"{uri}/{path.relative_to(image_tree).as_posix()}"
             tf.io.gfile.makedirs(target.rsplit("/", 1)[0])
             tf.io.gfile.copy(str(path), target)
-    local, remote = list_images(spec(image_tree), seed=1), list_images(spec(uri), seed=1)
+    remote = list_images(spec(uri), seed=1)
     assert remote.classes == local.classes and remote.ignored == local.ignored
     for name, split in local.splits.items():
         assert [f.removeprefix(uri) for f in remote.splits[name].files] == \
