@@ -25,7 +25,7 @@ from search.console import first_line
 from search.evaluation import class_probabilities, predicted_classes
 from search.server import TrackingError
 from trainables.data import IMAGE_SUFFIXES
-from trainables.files import shown
+from trainables.files import files_below, shown
 from trainables.images import decode
 
 KERAS_MODULES = ("tensorflow.keras", "keras")  # what MLflow's TensorFlow flavour writes
@@ -33,11 +33,13 @@ PICKLE = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 
 
 def image_files(targets: list[str]) -> list[Path]:
-    """The files named, and the images inside the folders named (sorted, recursive)."""
+    """The files named, and the images inside the folders named (sorted, recursive; hidden
+    files and folders left out, as in a search's data)."""
     files: list[Path] = []
     for target in map(Path, targets):
         if target.is_dir():
-            files += sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += [Path(f) for f in files_below(target)
+                      if Path(f).suffix.lower() in IMAGE_SUFFIXES]
         else:
             files.append(target)
     return files

@@ -164,6 +164,10 @@ def test_registered_model_classifies_new_photos(finished_search, tmp_path: Path,
     photos = tmp_path / "photos"
     write_class_folders(photos, 2, seed=9)
     (photos / "circle" / "broken.jpg").write_bytes(b"not an image")
+    files = sorted(photos.rglob("*.png"))
+    (photos / "circle" / "._000.png").write_bytes(b"a Mac's shadow file")  # not photos
+    (photos / ".ipynb_checkpoints").mkdir()
+    (photos / ".ipynb_checkpoints" / "000-checkpoint.png").write_bytes(files[0].read_bytes())
     uri = finished_search.tracking_uri
     assert predict(["models:/tiny/latest", str(photos), "--tracking-uri", uri]) == 1
     captured = capsys.readouterr()
@@ -171,7 +175,6 @@ def test_registered_model_classifies_new_photos(finished_search, tmp_path: Path,
                (ln.split("\t") for ln in captured.out.splitlines())}
     assert "broken.jpg: unreadable, skipped" in captured.err
     # each photo's class and probability, as the registered model gives them
-    files = sorted(photos.rglob("*.png"))
     mlflow.set_tracking_uri(uri)
     outputs = mlflow.tensorflow.load_model("models:/tiny/1").predict(
         np.stack([decode(str(f), 12, "rgb") for f in files]).astype(np.float32), verbose=0)
