@@ -7,10 +7,13 @@ here: this is tested on a SQLite store alone."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import re
 import tempfile
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,8 +22,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param, Run
+from mlflow.exceptions import MlflowException
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 from mlflow.tracking import MlflowClient
+from sqlalchemy.engine import make_url
 
 from search.console import first_line, silenced
 from search.objective import METRIC
@@ -43,11 +48,31 @@ def open_store(uri: str) -> MlflowClient:
     installed, a file store, which MLflow 3 no longer writes) is a `TrackingError`, before
     the search starts anything."""
     try:
-        with silenced(told=(Exception,)):  # MLflow's lines as it makes a new store
+        # MLflow's lines as it makes a new store
+        with silenced(told=(Exception,)), _made_by_one(uri):
             return MlflowClient(uri)
     except Exception as exc:  # MLflow's own errors, and a database driver's ImportError
         raise TrackingError(f"MLflow cannot use the tracking store {uri}: {first_line(exc)}; "
                             f"pass another --tracking-uri") from None
+
+
+@contextlib.contextmanager
+def _made_by_one(uri: str) -> Iterator[None]:
+    """A lock on the folder of a SQLite store, between the processes of a machine, for the
+    length of a `with`: two searches started at once in a new folder both made the store's
+    tables, and the second failed ("table experiments already exists"). Other stores (a
+    server, a database server) make their tables once, themselves."""
+    database = make_url(uri).database if uri.startswith("sqlite:") else None
+    folder = Path(database).absolute().parent if database and database != ":memory:" else None
+    if folder is None or not folder.is_dir():  # a folder that is not there: MLflow says so
+        yield
+        return
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # which lets the lock go
 
 
 def class_metric_names(prefix: str, classes: tuple[str, ...]) -> list[str]:
@@ -134,10 +159,17 @@ def start_parent_run(client: MlflowClient, experiment: str, run_name: str,
                      params: dict[str, Any]) -> str:
     """Create (if needed) the space's experiment and open the search's parent run."""
     found = client.get_experiment_by_name(experiment)
-    # the kind tag makes the MLflow UI open the experiment on its runs table, not its
-    # "what kind of experiment is this?" prompt
-    experiment_id = found.experiment_id if found else client.create_experiment(
-        experiment, tags={"mlflow.experimentKind": "custom_model_development"})
+    try:
+        # the kind tag makes the MLflow UI open the experiment on its runs table, not its
+        # "what kind of experiment is this?" prompt
+        experiment_id = found.experiment_id if found else client.create_experiment(
+            experiment, tags={"mlflow.experimentKind": "custom_model_development"})
+    except MlflowException as exc:  # another search of the space made it since
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        made = client.get_experiment_by_name(experiment)
+        assert made is not None
+        experiment_id = made.experiment_id
     run = client.create_run(experiment_id, run_name=run_name, tags={"kind": "search"})
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value)

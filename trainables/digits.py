@@ -14,7 +14,8 @@ from sklearn.datasets import load_digits
 
 def write_digits(root: Path) -> int:
     """Write the 1,797 8x8 digits to `root/<digit>/<n>.png` unless `root` exists; returns the
-    number of images written. The folder appears whole or not at all."""
+    number of images written (none where another process wrote them first, as two searches
+    started at once do). The folder appears whole or not at all."""
     if root.exists():
         return 0
     digits = load_digits()
@@ -27,7 +28,9 @@ def write_digits(root: Path) -> int:
             pixels = (image * (255 / 16)).round().astype(np.uint8)
             Image.fromarray(pixels).save(folder / f"{n:04d}.png")
         tmp.rename(root)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and root.is_dir():  # another process's rename came first
+            return 0
         raise
     return len(digits.images)
