@@ -137,7 +137,16 @@ class SearchFolder:
 
     @classmethod
     def load(cls, path: Path) -> SearchFolder:
-        return cls(path=path, **json.loads((path / INDEX).read_text()))
+        """The search whose index is in `path`; an index that cannot be read (edited, cut
+        short by a disk, another tool's) is a `ResumeError` naming it."""
+        index = path / INDEX
+        try:
+            return cls(path=path, **json.loads(index.read_text()))
+        except (OSError, ValueError, TypeError) as exc:  # TypeError: not our fields
+            why = "not a search's index" if isinstance(exc, TypeError) else \
+                str(exc).splitlines()[0]
+            raise ResumeError(f"cannot read {index}: {why}; move {path} out of "
+                              f"{path.parent}/ to resume another search") from None
 
     @classmethod
     def latest(cls, storage: Path, space: str) -> SearchFolder:

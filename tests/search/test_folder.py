@@ -37,6 +37,24 @@ def test_a_storage_path_that_cannot_hold_folders_is_a_folder_error(tmp_path: Pat
             SearchFolder.create(storage, "x", {})
 
 
+@pytest.mark.parametrize(("index", "why"), [
+    ('{"space": "s", "cre', "Unterminated string"),  # cut short: a disk, a copy
+    ('{"space": "s", "notes": "mine"}', "not a search's index"),  # edited, another tool's
+    ("[1, 2]", "not a search's index"),
+])
+def test_an_index_that_cannot_be_read_is_a_resume_error_naming_it(tmp_path: Path, index: str,
+                                                                  why: str) -> None:
+    """A search.json under the storage path that cannot be read stops a resume with its
+    name, not a traceback: it may be the newest search's, so it is not passed over."""
+    SearchFolder.create(tmp_path, "s", {}).save()
+    broken = SearchFolder.create(tmp_path, "s", {}).path
+    (broken / "search.json").write_text(index)
+    with pytest.raises(ResumeError, match=f"^cannot read {broken / 'search.json'}: {why}.*; "
+                                          f"move {broken} out of {tmp_path}/ to resume "
+                                          f"another search$"):
+        SearchFolder.latest(tmp_path, "s")
+
+
 def test_a_live_driver_holds_its_search_and_a_dead_one_lets_go(tmp_path: Path) -> None:
     folder = SearchFolder.create(tmp_path, "s", {})
     holder = json.loads((folder.path / LOCK).read_text())
