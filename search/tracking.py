@@ -58,15 +58,21 @@ def open_store(uri: str) -> MlflowClient:
 
 @contextlib.contextmanager
 def _made_by_one(uri: str) -> Iterator[None]:
-    """A lock on the folder of a SQLite store, between the processes of a machine, for the
-    length of a `with`: two searches started at once in a new folder both made the store's
-    tables, and the second failed ("table experiments already exists"). Other stores (a
-    server, a database server) make their tables once, themselves."""
-    database = make_url(uri).database if uri.startswith("sqlite:") else None
-    folder = Path(database).absolute().parent if database and database != ":memory:" else None
-    if folder is None or not folder.is_dir():  # a folder that is not there: MLflow says so
+    """A lock on the folder of a SQLite store (made if absent, as MLflow would), between the
+    processes of a machine, for the length of a `with`: two searches started at once in a
+    new folder both made the store's tables, and the second failed ("table experiments
+    already exists"). Other stores (a server, a database server) make their tables once,
+    themselves. An in-memory SQLite store is refused: each connection MLflow opens to it is
+    a new, empty database, and the search failed midway."""
+    if not uri.startswith("sqlite:"):
         yield
         return
+    database = make_url(uri).database
+    if not database or database == ":memory:":
+        raise ValueError("an in-memory database forgets each run as it is written "
+                         "(sqlite:///mlflow.db is a file)")
+    folder = Path(database).absolute().parent
+    folder.mkdir(parents=True, exist_ok=True)
     handle = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)

@@ -37,6 +37,8 @@ def client(tmp_path: Path, monkeypatch) -> MlflowClient:
     ("foo://bar", "unsupported URI 'foo://bar'"),
     ("postgresql://127.0.0.1:1/db", ""),  # no PostgreSQL driver here, or no database at 1
     ("file:///tmp/mlruns", "filesystem tracking backend"),  # MLflow 3 writes none
+    ("sqlite://", "an in-memory database forgets each run"),  # the search failed midway
+    ("sqlite:///:memory:", "an in-memory database forgets each run"),
 ])
 def test_a_store_mlflow_cannot_use_is_a_tracking_error(uri: str, why: str) -> None:
     with pytest.raises(TrackingError, match=f"^MLflow cannot use the tracking store {uri}: "
