@@ -30,6 +30,16 @@ STOPPED = ("stopped: Tune's state and the trials' checkpoints are kept under {st
            "the same command with --resume to finish the search")
 
 
+def storage_folder(text: str) -> Path:
+    """`--storage-path`: a folder. A URI made a local folder named like it (`./s3:/bucket`),
+    while the user looked for the search in the bucket."""
+    if "://" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text} is a URI; the search's folder is read and written as files: pass a local "
+            f"folder, or on a cluster a shared one mounted on every node (/mnt/shared/...)")
+    return Path(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.splitlines()[0])
     p.add_argument("space", help="the search space YAML file (see spaces/)")
@@ -39,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-root", help="folder (or gs:// URI) holding the space's data "
                    "(overrides data.root)")
     add_tracking_uri(p)
-    p.add_argument("--storage-path", default="ray_results",
+    p.add_argument("--storage-path", default="ray_results", type=storage_folder,
                    help="where Ray Tune keeps trials, checkpoints and results.parquet")
     p.add_argument("--epoch-budget", type=int,
                    help="end the search once its trials have trained this many epochs in all")
@@ -87,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         from search.results import all_failed, commonest_failure
         from search.summary import print_summary
         searching = True
-        outcome = run_search(space, Options(args.tracking_uri, Path(args.storage_path),
+        outcome = run_search(space, Options(args.tracking_uri, args.storage_path,
                                             args.address, args.epoch_budget, args.resume))
         print_summary(outcome, args.tracking_uri)
         if all_failed(outcome.table):

@@ -66,6 +66,16 @@ def test_a_folder_it_cannot_write_exits_2_with_one_line(tmp_path: Path, capsys,
     assert not (tmp_path / "r").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_storage_path_that_is_a_uri_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`--storage-path s3://bucket/x` made a local folder `./s3:/bucket/x` and said nothing."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main([str(SPACES / "digits.yaml"), "--storage-path", "s3://bucket/x"])
+    assert stop.value.code == 2
+    assert "--storage-path: s3://bucket/x is a URI; " in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_full_disk_under_the_cache_is_one_line_and_leaves_no_part(tmp_path: Path) -> None:
     """Decoding into a cache on a disk that fills (files capped at 64 KB: numpy's write of
     the train split comes up short, an error with no file name or reason of the OS's): one
