@@ -89,8 +89,12 @@ class _Scanned:
 
 
 def _no_folder(folder: Location) -> DataError:
-    """The error for a data folder that is not there: a file in its place, or nothing."""
-    if not files.is_uri(folder) and Path(folder).is_file():
+    """The error for a data folder that is not there: a file in its place, a URI TensorFlow
+    cannot read (a scheme it has no file system for, a store it cannot reach), or nothing."""
+    if files.is_uri(folder):
+        if why := files.unreachable(str(folder)):
+            return DataError(f"data folder {folder} cannot be read: {why}")
+    elif Path(folder).is_file():
         return DataError(f"data folder {folder} is a file, not a folder of images")
     return DataError(f"data folder {folder} does not exist")
 

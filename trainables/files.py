@@ -43,6 +43,21 @@ def is_dir(folder: Location) -> bool:
     return _gfile().isdir(folder) if is_uri(folder) else Path(folder).is_dir()
 
 
+def unreachable(uri: str) -> str | None:
+    """Why TensorFlow cannot look at `uri` at all, or None: a scheme it has no file system
+    for here, a store it cannot reach (where `is_dir` says only False)."""
+    import tensorflow as tf
+
+    try:
+        _gfile().exists(uri)
+    except tf.errors.UnimplementedError:
+        return (f"TensorFlow has no file system for {uri.split('://')[0]}:// here (s3:// and "
+                f"hdfs:// come with `pip install tensorflow-io`)")
+    except tf.errors.OpError as exc:
+        return str(exc.message).splitlines()[0]
+    return None
+
+
 def hidden(name: str) -> bool:
     """Not data, whatever its suffix: a dot file or folder (a Mac's `.DS_Store` and `._x.jpg`
     shadow files, Jupyter's `.ipynb_checkpoints` with its copies of the images) or the

@@ -186,6 +186,10 @@ def test_a_uri_root_is_read_through_tensorflow(image_tree: Path, tmp_path: Path)
     assert np.array_equal(a.images, b.images) and len(b.skipped) == 1  # broken.jpg
     with pytest.raises(DataError, match="does not exist"):
         list_images(spec(f"{uri}-missing"), seed=1)
+    # said "does not exist" too: s3:// without tensorflow-io, a typo in the scheme
+    with pytest.raises(DataError, match="^data folder nosuch://bucket/x cannot be read: "
+                                        "TensorFlow has no file system for nosuch:// here"):
+        list_images(spec("nosuch://bucket/x"), seed=1)
 
 
 def test_an_empty_class_folder_is_an_error_naming_it(image_tree: Path) -> None:
