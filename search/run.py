@@ -95,11 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             check_fits(space.search.resources, args.space)
         from search.driver import Options, run_search
         from search.results import all_failed, commonest_failure
-        from search.summary import print_summary
+        from search.summary import print_cache, print_summary
+        from trainables.images import DEFAULT_CACHE
         searching = True
         outcome = run_search(space, Options(args.tracking_uri, args.storage_path,
                                             args.address, args.epoch_budget, args.resume))
         print_summary(outcome, args.tracking_uri)
+        print_cache(space.data.cache_dir or DEFAULT_CACHE)
         if all_failed(outcome.table):
             error, count = commonest_failure(outcome.table)
             print(f"error: every trial failed, so no model was registered; the commonest "

@@ -3,6 +3,8 @@ search ends, and by `search.report` later, from MLflow."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,3 +62,16 @@ def print_summary(outcome: Outcome, tracking_uri: str) -> None:
         print(f"registered model: {outcome.model_uri}")
     print("open the UI: " + (tracking_uri if tracking_uri.startswith("http") else
                              f"mlflow ui --backend-store-uri {tracking_uri}"))
+
+
+def print_cache(folder: Path) -> None:
+    """Where the decoded images and backbone features are kept on this machine, and their
+    size: they outlive the search, for the next one, and each new file list, image size and
+    backbone cut adds to them (a gigabyte or more for the reports' 150 to 224-px photos)."""
+    size = 0
+    for entry in os.scandir(folder) if folder.is_dir() else []:
+        with contextlib.suppress(OSError):  # a file another search renames or deletes now
+            size += entry.stat().st_size if entry.is_file() else 0
+    shown = f"{size / 2**30:.1f} GB" if size >= 2**30 else f"{size / 2**20:.1f} MB"
+    print(f"cache (decoded images, backbone features; later searches reuse it, delete it to "
+          f"free the space): {folder}, {shown} on this machine")

@@ -49,6 +49,11 @@ def test_search_records_every_trial_and_registers_the_best(finished_search) -> N
     assert "registered model: models:/tiny/1" in finished_search.out
     assert "5/5 trials done" in finished_search.out  # the progress line
     assert "ms/step" not in finished_search.out  # no Keras progress bars from MLflow's predict
+    cache = re.search(r"^cache \(.*\): (.+), ([\d.]+) MB on this machine$",
+                      finished_search.out, re.MULTILINE)
+    assert cache is not None, finished_search.out
+    decoded = sum(f.stat().st_size for f in Path(cache[1]).iterdir())
+    assert cache[2] == f"{decoded / 2**20:.1f}" and decoded > 0
 
     client = MlflowClient(finished_search.tracking_uri)
     experiment = client.get_experiment_by_name("tiny")
