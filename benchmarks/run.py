@@ -66,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}\n")
 
     digits = load_space(Path("spaces/digits.yaml"))
+    # each search part in a new process, as a user's command runs: in one process parts 1, 3
+    # and 5 shared one Ray and the heap and TensorFlow state the parts before them left
     print("1. overhead: the default search (spaces/digits.yaml, seed 0)")
-    o = overhead.run(digits)
+    o = in_new_process(overhead.run, digits)
     print_overhead(o)
     print(f"trial slots busy: {o['slot_busy']:.1%} of the time from first trial start to "
           f"last trial end")
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(one per split and image size)")
     print("\nthe same space, larger: 32 trials of 48-px images for up to 16 epochs (how the "
           "share grows as per-search and per-trial costs spread)")
-    print_overhead(overhead.run(larger(digits)))
+    print_overhead(in_new_process(overhead.run, larger(digits)))
 
     print("\n2. input pipeline: JPEGs, 150 px -> 64 px, augmented, batches of 32")
     with tempfile.TemporaryDirectory() as folder:
@@ -95,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     shapes = load_space(HERE / "shapes.yaml")
     write_shapes(Path(shapes.data.root))
     # quick: one seed of the slower shapes set, to stay under 20 minutes
-    runs = [efficiency.run([digits], seeds),
-            efficiency.run([shapes], seeds if not args.quick else seeds[:1])]
+    runs = [in_new_process(efficiency.run, [digits], seeds),
+            in_new_process(efficiency.run, [shapes], seeds if not args.quick else seeds[:1])]
     table = pd.concat([t for t, _ in runs], ignore_index=True)
     summary = table.groupby(["space", "method"]).agg(
         best_val_median=("best_val_accuracy", "median"),
@@ -114,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{v:.2f}" for v in match))
 
     print(f"\n4. scale: {trials} curve trials through the real driver and an MLflow server")
-    # in a new process, as `python -m benchmarks.scale` runs: after the parts above, on their
-    # Ray and in their process, the same 2,000 trials took 314 s against 207 s alone
+    # after the parts above, on their Ray and in their process, the same 2,000 trials took
+    # 314 s against 207 s alone
     sc = in_new_process(scale.run, trials, concurrent=8)
     scale.print_report(sc)
     speedup = None
     if not args.quick:
         print("\n5. short trials against KerasTuner, at equal epochs (digits, seeds 1-3)")
-        speedup = short.report(short.run(short.short_space(digits), [1, 2, 3]))
+        speedup = short.report(in_new_process(short.run, short.short_space(digits), [1, 2, 3]))
 
     print(f"\noverhead_share={o['overhead_share']:.3f}")
     print(f"pipeline_speedup={pl['speedup']:.2f}")
