@@ -28,6 +28,8 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from search.console import first_line
+
 INDEX = "search.json"
 LOCK = "driver.lock"
 STUDY_NAME = "search"
@@ -143,8 +145,7 @@ class SearchFolder:
         try:
             return cls(path=path, **json.loads(index.read_text()))
         except (OSError, ValueError, TypeError) as exc:  # TypeError: not our fields
-            why = "not a search's index" if isinstance(exc, TypeError) else \
-                str(exc).splitlines()[0]
+            why = "not a search's index" if isinstance(exc, TypeError) else first_line(exc)
             raise ResumeError(f"cannot read {index}: {why}; move {path} out of "
                               f"{path.parent}/ to resume another search") from None
 

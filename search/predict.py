@@ -38,8 +38,8 @@ def image_files(targets: list[str]) -> list[Path]:
     files: list[Path] = []
     for target in map(Path, targets):
         if target.is_dir():
-            files += [Path(f) for f in files_below(target)
-                      if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+            files += [f for f in map(Path, files_below(target))
+                      if f.suffix.lower() in IMAGE_SUFFIXES]
         else:
             files.append(target)
     return files
