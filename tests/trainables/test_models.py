@@ -35,10 +35,10 @@ from trainables.models import (
     feature_map_size,
     frozen_part,
     join,
-    pretrained,
 )
 from trainables.resources import fresh_session
 from trainables.train import TrialData, TrialFailed, train
+from trainables.weights import pretrained
 
 SPACES = Path(__file__).parents[2] / "spaces"
 # Parameter counts of the reports' models as this builder makes them (weights=None).
@@ -384,7 +384,7 @@ KILLED_MID_DOWNLOAD = """
 import sys
 from pathlib import Path
 from tests.trainables.test_models import fetch
-from trainables.models import pretrained
+from trainables.weights import pretrained
 url, downloads, lock = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 pretrained(lambda weights: fetch(url, downloads.parent), "imagenet", lock=lock,
            downloads=downloads)

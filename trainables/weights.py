@@ -1,0 +1,54 @@
+"""Backbones built with ImageNet weights that Keras downloads on first use: one process of a
+node at a time, and never a file cut short taken as whole (`pretrained`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from trainables.images import DEFAULT_CACHE, locked
+
+# held while a backbone with ImageNet weights is built (`pretrained`)
+WEIGHTS_LOCK = DEFAULT_CACHE / "imagenet-weights.lock"
+# where `keras.utils.get_file` keeps the weights it downloads ($KERAS_HOME, else ~/.keras,
+# as Keras reads it at import; where that cannot be written Keras uses /tmp/.keras instead)
+KERAS_DOWNLOADS = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+Built = TypeVar("Built")
+
+
+def pretrained(constructor: Callable[..., Built], weights: str | None,
+               lock: Path = WEIGHTS_LOCK, downloads: Path = KERAS_DOWNLOADS,
+               **kwargs: Any) -> Built:
+    """`constructor(weights=weights, **kwargs)`, with ImageNet weights fetched by one
+    process of the node at a time, and never a file cut short taken as whole.
+
+    Keras downloads weights on first use straight into their file in `downloads`. Two trials
+    building a backbone at once (the gemstones and blood cells baselines, both VGG16) both
+    wrote it, and the one that finished first found it changed under it: a hash mismatch, a
+    failed trial. Under the lock, the others wait, then find the file whole.
+
+    A process killed mid-download (SIGKILL, or the `SystemExit` of a worker told to stop:
+    Keras deletes its part file on an exception only) left part of a file, which Keras then
+    loaded as it was where it has no hash to check (MobileNetV2's): every later trial with
+    that backbone failed on a truncated file. So the lock's holder notes the files there
+    before it builds; a holder that finds the note of one that died deletes what appeared
+    after it, to be fetched again."""
+    if weights != "imagenet":
+        return constructor(weights=weights, **kwargs)
+    note = lock.with_suffix(".building")
+    with locked(lock):
+        if note.exists():
+            for name in _files(downloads) - set(note.read_text().splitlines()):
+                (downloads / name).unlink()
+        note.write_text("\n".join(sorted(_files(downloads))))
+        model = constructor(weights=weights, **kwargs)
+        note.unlink()
+        return model
+
+
+def _files(folder: Path) -> set[str]:
+    """The names of the files in `folder` (none if it does not exist)."""
+    return {p.name for p in folder.iterdir() if p.is_file()} if folder.is_dir() else set()
