@@ -298,3 +298,36 @@ def trial_results(storage: Path) -> dict[str, list[dict]]:
         if rows:
             found[rows[0]["trial_id"]] = rows
     return found
+
+
+# what a script run by `run_at_once` starts with: `step(name)` says this process is at
+# `name`, then waits until every other process is there too
+AT_ONCE = """
+import sys, time
+from pathlib import Path
+
+def step(name):
+    Path(f"{name} {sys.argv[1]}").touch()
+    while not Path(name).exists():
+        time.sleep(0.001)
+"""
+
+
+def run_at_once(script: str, processes: int, folder: Path, steps: list[str]) -> list[str]:
+    """`script` (after `AT_ONCE`) run by `processes` new Python processes in `folder`, each
+    given its index as `sys.argv[1]`, and released from each of `steps` in turn only once all
+    have reached it, so that they race; each one's stdout, once all have exited 0."""
+    runs = [subprocess.Popen([sys.executable, "-c", AT_ONCE + script, str(n)], cwd=folder,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for n in range(processes)]
+    for step in steps:
+        while not all((folder / f"{step} {n}").exists() or run.poll() is not None
+                      for n, run in enumerate(runs)):
+            time.sleep(0.01)
+        (folder / step).touch()
+    outs = []
+    for run in runs:
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+        outs.append(out)
+    return outs

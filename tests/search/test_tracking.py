@@ -4,13 +4,11 @@ child run found by its id, and MLflow mended to hold what Ray holds."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import run_at_once
 from mlflow.tracking import MlflowClient
 
 from search.cli import without_credentials
@@ -86,15 +84,7 @@ def test_the_parent_run_opens_in_the_spaces_experiment_once(client: MlflowClient
 
 
 OPEN_AT_ONCE = """
-import sys, time
-from pathlib import Path
 from search.tracking import open_store, start_parent_run
-
-def step(name):  # says this process is at `name`, then waits for every other to be there
-    Path(f"{name} {sys.argv[1]}").touch()
-    while not Path(name).exists():
-        time.sleep(0.001)
-
 step("imported")
 client = open_store("sqlite:///mlflow.db")
 step("opened")
@@ -107,16 +97,7 @@ def test_searches_started_at_once_in_a_new_folder_share_its_store(tmp_path: Path
     that starts a search per seed), then the space's experiment in it: each gets its parent
     run in the one experiment. Two at once failed one: both made the store's tables ("table
     experiments already exists"), or both the experiment."""
-    drivers = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, str(n)], cwd=tmp_path,
-                                stderr=subprocess.PIPE, text=True) for n in range(3)]
-    for step in ["imported", "opened"]:
-        while not all((tmp_path / f"{step} {n}").exists() or driver.poll() is not None
-                      for n, driver in enumerate(drivers)):
-            time.sleep(0.01)
-        (tmp_path / step).touch()
-    for driver in drivers:
-        _, err = driver.communicate(timeout=120)
-        assert driver.returncode == 0, err
+    run_at_once(OPEN_AT_ONCE, 3, tmp_path, ["imported", "opened"])
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     made = client.get_experiment_by_name("digits")
     assert made is not None

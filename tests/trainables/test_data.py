@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shape_image, write_class_folders
+from conftest import run_at_once, shape_image, write_class_folders
 
 from trainables.data import DataError, DataSpec, SplitSource, list_images
 from trainables.files import shown
@@ -220,12 +217,8 @@ def test_a_file_name_that_is_not_utf8_is_read(image_tree: Path, tmp_path: Path) 
 
 
 WRITE_AT_ONCE = """
-import sys, time
-from pathlib import Path
 from trainables.digits import write_digits
-Path(f"ready {sys.argv[1]}").touch()
-while not Path("go").exists():  # every process's imports done: all start at once
-    time.sleep(0.001)
+step("imported")
 print(write_digits(Path("digits")))
 """
 
@@ -234,18 +227,7 @@ def test_the_digits_written_by_searches_started_at_once(tmp_path: Path) -> None:
     """Three searches of the default space started at once in a new folder all find the
     digits whole, written by one of them. The others' renames of their copies into place
     failed ("Directory not empty"), which ended their searches."""
-    writers = [subprocess.Popen([sys.executable, "-c", WRITE_AT_ONCE, str(n)], cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for n in range(3)]
-    while not all((tmp_path / f"ready {n}").exists() or writer.poll() is not None
-                  for n, writer in enumerate(writers)):
-        time.sleep(0.01)
-    (tmp_path / "go").touch()
-    written = []
-    for writer in writers:
-        out, err = writer.communicate(timeout=120)
-        assert writer.returncode == 0, err
-        written.append(int(out))
+    written = [int(out) for out in run_at_once(WRITE_AT_ONCE, 3, tmp_path, ["imported"])]
     assert sorted(written) == [0, 0, 1797]
     assert len(list((tmp_path / "digits").rglob("*.png"))) == 1797
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["digits"]
