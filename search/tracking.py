@@ -73,6 +73,8 @@ def _made_by_one(uri: str) -> Iterator[None]:
                          "(sqlite:///mlflow.db is a file)")
     folder = Path(database).absolute().parent
     folder.mkdir(parents=True, exist_ok=True)
+    # the folder itself, not a lock file (`trainables.images.locked`): none left beside the
+    # user's database
     handle = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)
