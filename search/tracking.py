@@ -25,7 +25,6 @@ from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 from mlflow.tracking import MlflowClient
-from sqlalchemy.engine import make_url
 
 from search.console import first_line, silenced
 from search.objective import METRIC
@@ -67,6 +66,10 @@ def _made_by_one(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:"):
         yield
         return
+    # here, not at the top: the driver imports this module while Ray starts, and only a
+    # SQLite store needs SQLAlchemy before MLflow opens it
+    from sqlalchemy.engine import make_url
+
     database = make_url(uri).database
     if not database or database == ":memory:":
         raise ValueError("an in-memory database forgets each run as it is written "
