@@ -12,7 +12,10 @@ import importlib
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from types import FrameType
 
 import ray
 
@@ -20,26 +23,37 @@ from search.cluster import ClusterError, check_address
 from search.console import first_line
 from search.space import Resources
 
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, a scheduler's, a lost terminal
+
 
 def init_ray(address: str | None) -> None:
     """Start Ray, or connect to `address`, unless a Ray is already up; then, in the main
     thread, SIGTERM and SIGHUP stop the search as Ctrl-C does. Workers' output stays out of
     the terminal: each trial writes to the search's log (`search.trainable`), the rest to
     Ray's session logs. A cluster that is not there is a `ClusterError`."""
+    if not ray.is_initialized():
+        _start(address)
+    if threading.current_thread() is threading.main_thread():
+        _term_as_ctrl_c()  # over ray.init's SIGTERM handlers (`_sigterm_back_from_ray`)
+
+
+def _start(address: str | None) -> None:
     # TensorFlow's C++ start-up lines stay out of the trials' logs: set where the local Ray's
     # workers inherit it (cluster.yaml sets it on each node). A job-level runtime_env would
     # carry it everywhere but makes every worker wait on Ray's runtime-env agent first
     # (1.3 s before the first trials here).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if not ray.is_initialized():
-        check_address(address)
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        except ConnectionError as exc:  # `auto` with no cluster running, say
-            raise ClusterError(f"Ray at --address {address}: {first_line(exc)}") from None
-    if threading.current_thread() is threading.main_thread():
-        # after ray.init, whose own SIGTERM handler exits at once
-        for stop in (signal.SIGTERM, signal.SIGHUP):
+    check_address(address)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except ConnectionError as exc:  # `auto` with no cluster running, say
+        raise ClusterError(f"Ray at --address {address}: {first_line(exc)}") from None
+
+
+def _term_as_ctrl_c() -> None:
+    # one ignored stays so: SIGHUP under nohup, which asks the search to outlive the terminal
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(stop) is not signal.SIG_IGN:
             signal.signal(stop, _stop_as_ctrl_c)
 
 
@@ -61,7 +75,7 @@ def check_fits(resources: Resources, where: str) -> None:
                        f"(--address)")
 
 
-def _stop_as_ctrl_c(signum: int, frame: object) -> None:
+def _stop_as_ctrl_c(signum: int, frame: FrameType | None) -> None:
     """SIGTERM and SIGHUP (a scheduler's stop, a lost SSH session) stop the search as Ctrl-C
     does: Tune's SIGINT handler saves its state and ends the part (then `SearchStopped`);
     outside a part, Python raises KeyboardInterrupt, raised here where SIGINT is ignored (as
@@ -76,11 +90,58 @@ def start_ray_importing(address: str | None, module: str) -> bool:
     thread; return whether Ray was started here (False where one was up already): a command
     that then fails before its search shuts down what it started (`ray.shutdown`). Ray starts
     in this thread, the main one: Ray's processes die with the thread that started them.
-    What fails, the start or the import, raises here once the import has ended."""
+    What fails, the start or the import, raises here once the import has ended; so does a
+    stop (Ctrl-C, SIGTERM, SIGHUP) that came meanwhile, as KeyboardInterrupt (`_stops_held`)."""
     started = not ray.is_initialized()
-    with ThreadPoolExecutor(1, thread_name_prefix="import") as pool:
+    with _stops_held() as stops, ThreadPoolExecutor(1, thread_name_prefix="import") as pool:
         loading = pool.submit(importlib.import_module, module)
         if started:
-            init_ray(address)
+            _start(address)
+            _sigterm_back_from_ray(stops)
         loading.result()
     return started
+
+
+def _sigterm_back_from_ray(stops: list[int]) -> None:
+    """Python's handler back on SIGTERM, over the one that ray.init's C++ core worker puts
+    there (absl's failure signal handler). That one logs the signal, passes it on to Python's,
+    and sets an alarm that aborts the process 3 s later, expecting it to die; this driver,
+    stopping as Ctrl-C does, outlived it and ended in SIGABRT. The alarm of a SIGTERM that
+    came in the last milliseconds of ray.init, between the two, is cancelled."""
+    signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGTERM))
+    if signal.SIGTERM in stops:
+        signal.alarm(0)
+
+
+@contextmanager
+def _stops_held() -> Iterator[list[int]]:
+    """Ctrl-C, SIGTERM and SIGHUP noted, not acted on, until Ray has started and the import
+    has ended; then, once SIGTERM and SIGHUP stop the search as Ctrl-C does, a stop noted
+    raises KeyboardInterrupt. Raised at once, in the middle of ray.init or of the wait for
+    the import, a stop left the driver hung (the import thread waiting on an import lock
+    the cut-short code held). A second stop acts at once: a start that hangs can still be
+    stopped. Yields the stops noted."""
+    noted: list[int] = []
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        if noted:
+            raise KeyboardInterrupt
+        noted.append(signum)
+
+    before = {stop: signal.getsignal(stop) for stop in STOPS}
+    for stop, handler in before.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(stop, note)
+    # ray.init first sets a SIGTERM handler of its own that exits at once, through this
+    # function of Ray's, looked up at each call (ray/_private/worker.py)
+    ray_utils = ray._private.utils
+    sets_ray_handler = ray_utils.set_sigterm_handler
+    ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield noted
+    finally:
+        ray_utils.set_sigterm_handler = sets_ray_handler
+        _term_as_ctrl_c()  # in place of `note`, never the default between them
+        signal.signal(signal.SIGINT, before[signal.SIGINT])
+    if noted:
+        raise KeyboardInterrupt
