@@ -95,16 +95,20 @@ def _build(split: Split, size: int, color_mode: str, images_path: Path, meta_pat
         # other, without a warning on the terminal; over twice that, Pillow refuses it
         # (DecompressionBombError) and it is skipped as unreadable
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        decoded = list(pool.map(lambda f: decode(f, size, color_mode), split.files))
-    kept = [i for i, a in enumerate(decoded) if a is not None]
-    images = np.zeros((len(kept), size, size, channels), dtype=np.uint8)
-    for row, array in enumerate(a for a in decoded if a is not None):
-        images[row] = array
-    meta = {
-        "labels": split.labels[kept].tolist(),
-        "skipped": [f for f, a in zip(split.files, decoded, strict=True) if a is None],
-    }
-    write_atomic(images_path, lambda f: np.save(f, images))
+        # each image copied into place as it comes, not all of them held first: the split
+        # once in memory, not twice (a row skipped leaves the memory of the last untouched)
+        images = np.zeros((len(split.files), size, size, channels), dtype=np.uint8)
+        kept: list[int] = []
+        skipped: list[str] = []
+        for index, array in enumerate(pool.map(lambda f: decode(f, size, color_mode),
+                                               split.files)):
+            if array is None:
+                skipped.append(split.files[index])
+            else:
+                images[len(kept)] = array
+                kept.append(index)
+    meta = {"labels": split.labels[kept].tolist(), "skipped": skipped}
+    write_atomic(images_path, lambda f: np.save(f, images[:len(kept)]))
     write_atomic(meta_path, lambda f: f.write(json.dumps(meta).encode()))
 
 
