@@ -16,8 +16,9 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from PIL import Image, UnidentifiedImageError
 from trainables import files
 from trainables.data import Split
 
+DECODED_AHEAD = 32  # images decoded ahead of their copy into the split's array (`_in_order`)
+Decoded = np.ndarray | None
 DEFAULT_CACHE = Path(os.environ.get("KERAS_SEARCH_CACHE", Path.home() / ".cache" / "keras-search"))
 
 
@@ -95,13 +98,14 @@ def _build(split: Split, size: int, color_mode: str, images_path: Path, meta_pat
         # other, without a warning on the terminal; over twice that, Pillow refuses it
         # (DecompressionBombError) and it is skipped as unreadable
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        # each image copied into place as it comes, not all of them held first: the split
-        # once in memory, not twice (a row skipped leaves the memory of the last untouched)
+        # each image copied into place as it comes, at most DECODED_AHEAD held beside: the
+        # split once in memory, not twice (a row skipped leaves the memory of the last
+        # untouched)
         images = np.zeros((len(split.files), size, size, channels), dtype=np.uint8)
         kept: list[int] = []
         skipped: list[str] = []
-        for index, array in enumerate(pool.map(lambda f: decode(f, size, color_mode),
-                                               split.files)):
+        for index, array in enumerate(_in_order(pool, lambda f: decode(f, size, color_mode),
+                                                split.files)):
             if array is None:
                 skipped.append(split.files[index])
             else:
@@ -110,6 +114,19 @@ def _build(split: Split, size: int, color_mode: str, images_path: Path, meta_pat
     meta = {"labels": split.labels[kept].tolist(), "skipped": skipped}
     write_atomic(images_path, lambda f: np.save(f, images[:len(kept)]))
     write_atomic(meta_path, lambda f: f.write(json.dumps(meta).encode()))
+
+
+def _in_order(pool: ThreadPoolExecutor, work: Callable[[str], Decoded],
+              names: Sequence[str]) -> Iterator[Decoded]:
+    """`pool.map(work, names)` with at most DECODED_AHEAD results done and waiting: `map`
+    starts them all, and a pool that runs ahead of its reader holds what it made."""
+    running: deque[Future[Decoded]] = deque()
+    for name in names:
+        running.append(pool.submit(work, name))
+        if len(running) > DECODED_AHEAD:
+            yield running.popleft().result()
+    while running:
+        yield running.popleft().result()
 
 
 def write_atomic(path: Path, write: object) -> None:
