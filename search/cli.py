@@ -1,14 +1,16 @@
 """What the commands (`search.run`, `search.report`, `search.predict`) share: where MLflow
-is, and the exit code for input they cannot use."""
+is, the exit code for input they cannot use, and the signals that stop them."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import urllib.parse
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXIT_BAD_INPUT = 2
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, a scheduler's, a lost terminal
 
 
 def without_credentials(uri: str) -> str:

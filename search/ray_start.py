@@ -19,11 +19,10 @@ from types import FrameType
 
 import ray
 
+from search.cli import STOPS
 from search.cluster import ClusterError, check_address
 from search.console import first_line
 from search.space import Resources
-
-STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, a scheduler's, a lost terminal
 
 
 def init_ray(address: str | None) -> None:

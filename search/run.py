@@ -13,11 +13,12 @@ checkpoints); a finished one runs more trials if `--num-samples` asks for more t
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from search.cli import EXIT_BAD_INPUT, add_tracking_uri
+from search.cli import EXIT_BAD_INPUT, STOPS, add_tracking_uri
 from search.cluster import ClusterError, given_address
 from search.console import first_line, silenced
 from search.folder import FolderError, StoppedBeforeSearch
@@ -135,4 +136,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # how the command ends is decided: a Ctrl-C now would only cut short Ray's shutdown at
+    # exit, and print the traceback of Ray's exit handler
+    for stop in STOPS:
+        signal.signal(stop, signal.SIG_IGN)
+    sys.exit(code)

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -143,7 +144,18 @@ def test_sigterm_as_a_search_starts_stops_it_as_ctrl_c_does(sigint: str, tiny_sp
                               preexec_fn=ignore_sigint if sigint == "ignored" else None)
     time.sleep(5)  # TensorFlow loading once Ray is up (or, on a fast machine, the search)
     driver.send_signal(signal.SIGTERM)
-    out = driver.communicate(timeout=300)[0]
+    watchdog = threading.Timer(300, driver.kill)
+    watchdog.start()
+    lines = []
+    for line in driver.stdout:  # up to the line that says it stopped
+        lines.append(line)
+        if line.startswith("stopped"):
+            break
+    while driver.poll() is None:  # then Ctrl-C after Ctrl-C as it exits (Ray shuts down)
+        driver.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    watchdog.cancel()
+    out = "".join(lines) + driver.stdout.read()
     # 130 and a line that says so, wherever the start was: never killed, hung or aborted
     assert driver.returncode == 130, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
