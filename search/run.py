@@ -81,8 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         space = load_space(args.space, overrides(args))
         if args.dry_run:
-            with silenced():  # TensorFlow's start-up lines as it is imported
+            # TensorFlow's start-up lines as it is imported, and as it looks for devices (on
+            # a machine without a GPU, a CUDA error line; on one with, a line per GPU made)
+            with silenced():
+                import tensorflow as tf
+
                 from search.dry_run import dry_run
+                tf.config.list_logical_devices()  # the devices made now, not at the first op
             dry_run(space)
             return 0
         if args.epoch_budget is not None and args.epoch_budget < 1:

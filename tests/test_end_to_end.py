@@ -187,6 +187,19 @@ def test_registered_model_classifies_new_photos(finished_search, tmp_path: Path,
                        for f, row in zip(files, outputs, strict=True)}
 
 
+def test_predict_prints_its_answers_and_no_line_of_tensorflows_own(finished_search,
+                                                                  tmp_path: Path) -> None:
+    # TensorFlow's C++ start-up lines go past Python: only a process of its own shows them
+    photos = tmp_path / "photos"
+    write_class_folders(photos, 1, seed=9)
+    done = subprocess.run([sys.executable, "-m", "search.predict", "models:/tiny/latest",
+                           str(photos), "--tracking-uri", finished_search.tracking_uri],
+                          cwd=finished_search.space.parent, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(done.stdout.splitlines()) == len(list(photos.rglob("*.png")))
+    assert done.stderr == "", done.stderr[-3000:]
+
 def test_mlflow_serves_the_registered_model_over_http(finished_search, tmp_path: Path) -> None:
     """`mlflow models serve`, as people put a registered model behind an API: with pickle
     deserialization off, it answers a real request with images."""

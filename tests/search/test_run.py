@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import socket
@@ -245,6 +246,16 @@ def test_dry_run_without_data(name: str, tmp_path: Path, capsys, monkeypatch) ->
     assert "does not exist" in out and "parameters" in out
     assert not (tmp_path / "data").exists()
 
+
+def test_a_dry_run_prints_no_line_of_tensorflows_own(tmp_path: Path) -> None:
+    # its C++ log lines (I0000 ..., E0000 ... cuInit on a machine without a GPU) go past
+    # Python: only a process of its own shows them
+    done = subprocess.run([sys.executable, "-m", "search.run", str(SPACES / "digits.yaml"),
+                           "--dry-run"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout + done.stderr
+    assert "parameters" in out and not re.search(r"^[IWEF]\d{4} ", out, re.MULTILINE), out
 
 def test_dry_run_reports_images_per_split(tiny_space_file, capsys) -> None:
     assert main([str(tiny_space_file()), "--dry-run"]) == 0
