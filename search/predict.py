@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in image_files(args.images):
         decoded = decode(str(path), size, meta.get("color_mode", "rgb"))
         if decoded is None:
-            print(f"{shown(str(path))}: unreadable, skipped", file=sys.stderr)
+            why = "unreadable" if path.exists() else "no such file or folder"
+            print(f"{shown(str(path))}: {why}, skipped", file=sys.stderr)
             failures += 1
         else:
             files.append(path)

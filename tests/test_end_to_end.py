@@ -174,11 +174,13 @@ def test_registered_model_classifies_new_photos(finished_search, tmp_path: Path,
     (photos / ".ipynb_checkpoints").mkdir()
     (photos / ".ipynb_checkpoints" / "000-checkpoint.png").write_bytes(files[0].read_bytes())
     uri = finished_search.tracking_uri
-    assert predict(["models:/tiny/latest", str(photos), "--tracking-uri", uri]) == 1
+    assert predict(["models:/tiny/latest", str(photos), str(tmp_path / "typo.png"),
+                    "--tracking-uri", uri]) == 1
     captured = capsys.readouterr()
     printed = {Path(path).relative_to(photos): (cls, p) for path, cls, p in
                (ln.split("\t") for ln in captured.out.splitlines())}
     assert "broken.jpg: unreadable, skipped" in captured.err
+    assert "typo.png: no such file or folder, skipped" in captured.err
     # each photo's class and probability, as the registered model gives them
     mlflow.set_tracking_uri(uri)
     outputs = mlflow.tensorflow.load_model("models:/tiny/1").predict(
