@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP; search.tuning's SearchStopped
+        ignore_stops()  # this one is being handled
         began = searching and not isinstance(exc, StoppedBeforeSearch)
         print(STOPPED.format(storage=args.storage_path) if began else
               "stopped before the search began", file=sys.stderr)
@@ -140,10 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
-    code = main()
-    # how the command ends is decided: a Ctrl-C now would only cut short Ray's shutdown at
-    # exit, and print the traceback of Ray's exit handler
+def ignore_stops() -> None:
+    """Ctrl-C, SIGTERM and SIGHUP ignored from now on, once how the command ends is decided:
+    another would only cut short what is left, Ray's shutdown at exit, with the traceback of
+    Ray's exit handler."""
     for stop in STOPS:
         signal.signal(stop, signal.SIG_IGN)
+
+
+if __name__ == "__main__":
+    code = main()
+    ignore_stops()
     sys.exit(code)
