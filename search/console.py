@@ -72,6 +72,16 @@ def silenced(told: tuple[type[Exception], ...] = ()) -> Iterator[None]:
             raise
 
 
+def tensorflow_started() -> None:
+    """TensorFlow imported and its devices made, without its C++ lines on the terminal
+    (start-up lines; on a machine without a GPU a CUDA error line, on one with a line per
+    GPU made): for a command that prints its answers in the process that runs TensorFlow."""
+    with silenced():
+        import tensorflow as tf
+
+        tf.config.list_logical_devices()  # the devices made now, not at the first op
+
+
 @contextlib.contextmanager
 def _terminal_kept() -> Iterator[TextIO]:
     """Python's stdout as it is now; a copy of it when it is file descriptor 1 itself, which

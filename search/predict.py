@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from search.cli import EXIT_BAD_INPUT, add_tracking_uri
-from search.console import first_line, silenced
+from search.console import first_line, tensorflow_started
 from search.evaluation import class_probabilities, predicted_classes
 from search.server import TrackingError
 from trainables.data import IMAGE_SUFFIXES
@@ -90,11 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     mlflow.set_tracking_uri(args.tracking_uri)
-    # TensorFlow's start-up lines as it is imported and makes its devices, before the output
-    with silenced():
-        import tensorflow as tf
-
-        tf.config.list_logical_devices()
+    tensorflow_started()
     try:
         info = mlflow.models.get_model_info(args.model)
         refused = unsafe(info.flavors)

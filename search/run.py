@@ -20,7 +20,7 @@ from typing import Any
 
 from search.cli import EXIT_BAD_INPUT, STOPS, add_tracking_uri
 from search.cluster import ClusterError, given_address
-from search.console import first_line, silenced
+from search.console import first_line, silenced, tensorflow_started
 from search.folder import FolderError, StoppedBeforeSearch
 from search.server import TrackingError
 from search.space import SpaceError, load_space
@@ -81,13 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         space = load_space(args.space, overrides(args))
         if args.dry_run:
-            # TensorFlow's start-up lines as it is imported, and as it looks for devices (on
-            # a machine without a GPU, a CUDA error line; on one with, a line per GPU made)
-            with silenced():
-                import tensorflow as tf
+            tensorflow_started()
+            from search.dry_run import dry_run
 
-                from search.dry_run import dry_run
-                tf.config.list_logical_devices()  # the devices made now, not at the first op
             dry_run(space)
             return 0
         if args.epoch_budget is not None and args.epoch_budget < 1:
