@@ -30,8 +30,8 @@ from search.server import check_server
 from search.space import Space, changes, describe
 from search.summary import Outcome
 from search.tracking import STOPPED, mend_trial_runs, open_store
-from search.trainable import run_trial
 from search.tuning import Trainable, run_parts
+from search.worker import run_trial
 from trainables.data import Listing
 from trainables.resources import freeze_imports
 

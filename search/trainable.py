@@ -7,7 +7,8 @@ resumes from the trial's last checkpoint if Ray restarted it, and reports every 
 optimizer's state, never a frozen backbone again);
 `whole_model` joins it to the frozen part the config rebuilds. A trial that runs out of
 memory fails with a `TrialOutOfMemory` that says so; the search goes on. Only `ray.tune` is
-imported: the `ray.train` reporting functions raise inside Tune.
+imported: the `ray.train` reporting functions raise inside Tune. Tune runs `run_trial` through
+`search.worker`, which imports this module on a worker's first trial.
 
 Tune retries every failed trial (`max_failures`), but only a dead worker is worth it: an
 error a retry cannot fix (out of memory, a loss that is not finite, a model that cannot be

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from trainables import files
 from trainables.files import Location
@@ -179,6 +178,9 @@ def _carve(splits: dict[str, Split], spec: DataSpec, seed: int) -> dict[str, Spl
 
 
 def _stratified(split: Split, fraction: float, seed: int, name: str) -> tuple[Split, Split]:
+    # imported here: a trial's worker reads splits and never carves one (`search.worker`)
+    from sklearn.model_selection import train_test_split
+
     idx = np.arange(len(split.files))
     try:
         keep, carved = train_test_split(idx, test_size=fraction, random_state=seed,
