@@ -4,6 +4,7 @@ search ends, and by `search.report` later, from MLflow."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,9 @@ def print_summary(outcome: Outcome, tracking_uri: str) -> None:
               f"after {b['epochs_run']} epochs{held_out}")
         baselines = table[table["baseline"] != ""]
         for _, row in baselines.iterrows():
+            if math.isnan(row["best_val_accuracy"]):  # failed before its first epoch ended
+                print(f"  baseline {row['baseline']:<20} {row['status']}: {row['error']}")
+                continue
             delta = b["best_val_accuracy"] - row["best_val_accuracy"]
             print(f"  baseline {row['baseline']:<20} val_accuracy "
                   f"{row['best_val_accuracy']:.4f} ({row['status']}); best is {delta:+.4f}")
