@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from search.console import LOG_FILE
+from search.results import commonest_failure
 from trainables.metrics import ON_FEATURES, TRAINED_ON
 
 
@@ -35,6 +36,9 @@ def print_summary(outcome: Outcome, tracking_uri: str) -> None:
     print(f"\nsearch {outcome.name}: {len(table)} trials "
           f"({counts.get('completed', 0)} completed, {counts.get('stopped', 0)} stopped early "
           f"by ASHA, {counts.get('failed', 0)} failed)")
+    if 0 < counts.get("failed", 0) < len(table):  # all failed: search.run says so as an error
+        error, count = commonest_failure(table)
+        print(f"the commonest failure ({count} of {counts['failed']}): {error}")
     on_features = int((table[TRAINED_ON] == ON_FEATURES).sum()) if TRAINED_ON in table else 0
     if on_features:
         print(f"{on_features} trained on the frozen backbone's output computed once, "

@@ -157,6 +157,8 @@ def test_report_reads_the_search_back_from_mlflow(finished_search, capsys) -> No
     # a baseline that failed before its first epoch ended says why, not "best is +nan"
     assert re.search(r"baseline diverges +failed: .*metrics not finite", out), out
     assert "+nan" not in out
+    # some trials failed, not all: the summary names their commonest failure
+    assert re.search(r"the commonest failure \(\d+ of \d+\): .*metrics not finite", out), out
     assert "registered model: models:/tiny/1" in out
     assert "results.parquet" in out and "test_confusion_matrix.png" in out
     assert "the model: models:/tiny/1 -> models:/m-" in out
