@@ -169,6 +169,25 @@ class TrialConfig:
     def replace(self, **changes: Any) -> TrialConfig:
         return dataclasses.replace(self, **changes)
 
+    def feature_map_size(self) -> int:
+        """Side of the last conv block's output; < 1 means the image is too small for the
+        stack."""
+        size = self.image_size
+        for kernel in self.conv_kernel_size[: self.conv_blocks]:
+            if self.conv_padding == "valid":
+                size -= kernel - 1
+            size //= 2
+        return size
+
+    def too_small(self) -> str | None:
+        """Why the image is too small for the conv blocks (None where it is not, and under a
+        pretrained backbone, which has no conv blocks of its own)."""
+        if self.backbone != "none" or self.feature_map_size() >= 1:
+            return None
+        return (f"image_size {self.image_size} is too small for {self.conv_blocks} conv blocks "
+                f"with kernels {list(self.conv_kernel_size[: self.conv_blocks])} and "
+                f"{self.conv_padding} padding")
+
 
 KEYS: dict[str, Key] = {
     f.name: f.metadata["key"] for f in dataclasses.fields(TrialConfig) if "key" in f.metadata

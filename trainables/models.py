@@ -53,16 +53,6 @@ def imagenet_preprocess(images: Any, mode: str) -> Any:
                                   name="preprocess")(keras.ops.flip(images, axis=-1))
 
 
-def feature_map_size(config: TrialConfig) -> int:
-    """Side of the last conv block's output; < 1 means the image is too small for the stack."""
-    size = config.image_size
-    for kernel in config.conv_kernel_size[: config.conv_blocks]:
-        if config.conv_padding == "valid":
-            size -= kernel - 1
-        size //= 2
-    return size
-
-
 @dataclass(frozen=True)
 class Parts:
     """A classifier as its frozen part (raw pixels -> features; None when every layer
@@ -142,10 +132,9 @@ def augmented(model: keras.Model, augment: keras.layers.Layer) -> keras.Model:
 
 def _cnn(config: TrialConfig, inputs: Any) -> Any:
     """The reports' conv blocks on raw pixels."""
-    if feature_map_size(config) < 1:
-        raise ValueError(f"image_size {config.image_size} is too small for "
-                         f"{config.conv_blocks} conv blocks with kernels "
-                         f"{list(config.conv_kernel_size)} and {config.conv_padding} padding")
+    too_small = config.too_small()
+    if too_small:
+        raise ValueError(too_small)
     x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
     pool = keras.layers.MaxPooling2D if config.pooling == "max" else keras.layers.AveragePooling2D
     for i in range(config.conv_blocks):

@@ -186,6 +186,16 @@ def _baseline(reader: Reader, params: Mapping[str, Param], raw: Any,
             count = values.get(key.per, getattr(TrialConfig(), key.per))
             values[name] = (params[name].value,) * count  # type: ignore[union-attr]
     config = TrialConfig(**values)
+    _check_inside(reader, params, config, set(b), path)
+    too_small = config.too_small()
+    if too_small:
+        raise reader.fail(path, f"the model cannot be built: {too_small}")
+    return config
+
+
+def _check_inside(reader: Reader, params: Mapping[str, Param], config: TrialConfig,
+                  given: set[str], path: str) -> None:
+    """A baseline's every value lies inside the space, one per block of a per-block key."""
     for pname, value in config.to_params().items():
         if pname == "seed":
             continue
@@ -195,10 +205,9 @@ def _baseline(reader: Reader, params: Mapping[str, Param], raw: Any,
             raise reader.fail(f"{path}.{name}", f"needs {getattr(config, key.per)} values "
                               f"({key.per}), got {len(getattr(config, name))}")
         if not contains(params[name], value):
-            given = "" if name in b else " (not given: default)"
-            raise reader.fail(f"{path}.{name}", f"{value!r}{given} lies outside the space "
+            default = "" if name in given else " (not given: default)"
+            raise reader.fail(f"{path}.{name}", f"{value!r}{default} lies outside the space "
                               f"{_describe(params[name])}")
-    return config
 
 
 def _describe(param: Param) -> str:

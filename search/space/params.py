@@ -43,3 +43,12 @@ def contains(param: Param, value: Any) -> bool:
     if isinstance(param, IntRange):
         return bool(param.low <= value <= param.high and (value - param.low) % param.step == 0)
     return bool(param.low <= value <= param.high)
+
+
+def extremes(param: Param) -> tuple[Any, Any]:
+    """The smallest and the largest value `param` can give (a number's)."""
+    if isinstance(param, Fixed):
+        return param.value, param.value
+    if isinstance(param, Choice):
+        return min(param.choices), max(param.choices)
+    return param.low, param.high

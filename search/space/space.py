@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.space.params import Fixed, Param
+from search.space.params import Fixed, Param, contains, extremes
 from search.space.settings import SearchSettings
 from trainables.config import KEYS, TrialConfig, block_key_name
 from trainables.data import DataSpec
@@ -64,3 +64,16 @@ def searched_params(space: Space, config: TrialConfig) -> dict[str, Any]:
         if name in space.params and not isinstance(space.params[name], Fixed):
             searched[pname] = value
     return searched
+
+
+def deepest_draw(space: Space) -> TrialConfig | None:
+    """The conv stack the space may draw that shrinks its images most: the smallest image size
+    under the most conv blocks, each with the largest kernel, valid padding where the space
+    draws it. None where every trial has a pretrained backbone (no conv blocks of its own)."""
+    p = space.params
+    if not contains(p["backbone"], "none"):
+        return None
+    blocks = extremes(p["conv_blocks"])[1]
+    return TrialConfig(image_size=extremes(p["image_size"])[0], conv_blocks=blocks,
+                       conv_kernel_size=(extremes(p["conv_kernel_size"])[1],) * blocks,
+                       conv_padding="valid" if contains(p["conv_padding"], "valid") else "same")

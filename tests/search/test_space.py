@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.space import Choice, Fixed, FloatRange, IntRange, SpaceError, contains, load_space
+from search.space import (
+    Choice,
+    Fixed,
+    FloatRange,
+    IntRange,
+    SpaceError,
+    contains,
+    deepest_draw,
+    load_space,
+)
 from trainables.config import TrialConfig
 
 SPACES = sorted((Path(__file__).parents[2] / "spaces").glob("*.yaml"))
@@ -84,6 +93,9 @@ def test_parses_distributions_and_defaults(tmp_path: Path) -> None:
       "baselines": {"b": {"conv_blocks": 3, "conv_filters": [8, 8]}}},
      "baselines.b.conv_filters", "needs 3 values"),
     ({"baselines": {"b": {"optimizer": "sgd"}}}, "baselines.b.optimizer", "outside the space"),
+    ({"model.image_size": 8, "baselines": {"b": {}}}, "baselines.b",
+     "the model cannot be built: image_size 8 is too small for 2 conv blocks with kernels "
+     "[3, 3] and valid padding"),
     # NaN passes every comparison; infinity every lower bound
     ({"train.learning_rate": float("nan")}, "train.learning_rate", "finite number, got nan"),
     ({"model.dense_dropout": {"type": "uniform", "low": 0.0, "high": float("nan")}},
@@ -160,6 +172,23 @@ def test_baseline_takes_fixed_values_and_defaults(tmp_path: Path) -> None:
     assert config.epochs == 7 and config.dense_dropout == 0.25
     assert config.learning_rate == TrialConfig().learning_rate
     assert space.baseline_points() == [{"dense_dropout": 0.25}]
+
+
+def test_the_deepest_draw_is_the_smallest_image_under_the_most_and_largest_kernels(
+        tmp_path: Path) -> None:
+    by_name = {p.stem: load_space(p) for p in SPACES}
+    deepest = deepest_draw(by_name["cats_dogs"])
+    assert deepest is not None and deepest.too_small() == (
+        "image_size 64 is too small for 5 conv blocks with kernels [7, 7, 7, 7, 7] and valid "
+        "padding")
+    for name in ("digits", "rock_paper_scissors", "blood_cells"):  # all it draws is built
+        deepest = deepest_draw(by_name[name])
+        assert deepest is not None and deepest.too_small() is None, name
+    # a pretrained backbone in every trial: no conv blocks of its own
+    assert deepest_draw(load_space(write(tmp_path, {"model.backbone": "vgg16"}))) is None
+    same = load_space(write(tmp_path, {"model.image_size": 8, "model.conv_blocks": 3,
+                                       "model.conv_padding": "same"}))
+    assert deepest_draw(same).too_small() is None  # type: ignore[union-attr]  # 8 -> 4 -> 2 -> 1
 
 
 def test_contains() -> None:

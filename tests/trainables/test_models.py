@@ -32,7 +32,6 @@ from trainables.models import (
     augmented,
     build_model,
     build_parts,
-    feature_map_size,
     frozen_part,
     join,
 )
@@ -91,7 +90,7 @@ def test_frozen_and_fine_tuned_backbone() -> None:
 def test_stack_too_deep_for_image_is_a_clear_error() -> None:
     config = TrialConfig(image_size=16, conv_blocks=4, conv_filters=(8,) * 4,
                          conv_kernel_size=(3,) * 4)
-    assert feature_map_size(config) < 1
+    assert config.feature_map_size() < 1
     with pytest.raises(ValueError, match="too small for 4 conv blocks"):
         build_model(config, 2, 3)
 
