@@ -28,7 +28,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from search.checkpoints import Cadence
+from search.cadence import Cadence
 from search.space import Space
 from trainables.data import Listing
 from trainables.metrics import ON_PIXELS, TRAINED_ON

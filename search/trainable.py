@@ -29,7 +29,7 @@ import ray
 import tensorflow as tf
 from ray import tune
 
-from search.checkpoints import Cadence
+from search.cadence import Cadence
 from search.console import LOG_FILE, first_line, to_log
 from search.objective import METRIC
 from search.space import Space

@@ -19,9 +19,9 @@ from ray.tune.execution.tune_controller import TuneController
 from ray.tune.trainable.metadata import _TrainingRunMetadata
 
 from search import saved_state
+from search.cadence import Cadence
 from search.checkpoints import (
     CHECKPOINT_PREFIX,
-    Cadence,
     beaten,
     best_checkpoint,
     best_score,
