@@ -54,8 +54,10 @@ def print_summary(outcome: Outcome, tracking_uri: str) -> None:
               f"after {b['epochs_run']} epochs{held_out}")
         baselines = table[table["baseline"] != ""]
         for _, row in baselines.iterrows():
-            if math.isnan(row["best_val_accuracy"]):  # failed before its first epoch ended
-                print(f"  baseline {row['baseline']:<20} {row['status']}: {row['error']}")
+            if math.isnan(row["best_val_accuracy"]):  # ended before its first epoch did
+                why = (f"{row['status']}: {row['error']}" if row["error"] else
+                       f"no epoch ended ({row['status']})")
+                print(f"  baseline {row['baseline']:<20} {why}")
                 continue
             delta = b["best_val_accuracy"] - row["best_val_accuracy"]
             print(f"  baseline {row['baseline']:<20} val_accuracy "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 from ray.tune import Result
 
@@ -105,3 +107,19 @@ def test_records_take_the_trial_id_from_its_results_or_its_folder() -> None:
 def curve(accuracies: list[float]) -> pd.DataFrame:
     return pd.DataFrame({"epoch": range(1, len(accuracies) + 1), "val_accuracy": accuracies,
                          "val_loss": 0.5, "accuracy": 0.9, "loss": 0.4})
+
+
+def test_the_summary_says_why_baselines_and_some_trials_failed(capsys) -> None:
+    table = table_of(
+        TrialRecord("a", {"baseline": "good"}, curve([0.5, 0.6]), 1.0),
+        TrialRecord("b", {"baseline": "diverges"}, curve([]), 1.0,
+                    error="TrialFailed: metrics not finite at epoch 1"),
+        TrialRecord("c", {"baseline": "cut"}, curve([]), 1.0),  # ended before its first epoch
+        TrialRecord("d", {}, curve([]), 1.0, error="TrialFailed: metrics not finite at epoch 2"))
+    print_summary(Outcome("t", table, "r.parquet", "p", table.iloc[0], None, "", None),
+                  "sqlite:///m.db")
+    out = capsys.readouterr().out
+    assert "the commonest failure (2 of 2): TrialFailed: metrics not finite at epoch 1" in out
+    assert re.search(r"baseline diverges +failed: TrialFailed: metrics not finite", out), out
+    assert re.search(r"baseline cut +no epoch ended \(completed\)", out), out
+    assert "nan" not in out
