@@ -48,7 +48,9 @@ def curve(epochs: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
 
 def core_time(trials: SearchTrials, wall_s: float, cpus: float,
               cpus_per_trial: float) -> dict[str, float]:
-    """Where the search's core-seconds (wall x CPUs) went, in seconds."""
+    """Where the search's core-seconds (wall x CPUs) went, in seconds. A trial's time in Tune
+    (`time_total_s`) begins where its `started_at` does, before a worker's first trial imports
+    the Keras trial (`search.worker`): that import is in the trial, between steps."""
     e, life = trials.epochs, trials.lifetimes.set_index("trial_id")
     per_trial = e.groupby("trial_id").agg(step=("step_s", "sum"), trace=("trace_s", "sum"),
                                           ckpt=("checkpoint_s", "sum"),
@@ -61,10 +63,10 @@ def core_time(trials: SearchTrials, wall_s: float, cpus: float,
         "graph tracing (each trial's first training and validation step)":
             per_trial["trace"].sum() * c,
         "checkpoints (saving the model)": per_trial["ckpt"].sum() * c,
-        "in the trial, between steps (data, model build, tf.data, Keras)":
+        "in the trial, between steps (data, model build, tf.data, Keras, its import)":
             (per_trial["ran"] - per_trial["step"] - per_trial["trace"]
              - per_trial["ckpt"]).sum() * c,
-        "trial start (worker process, imports)":
+        "trial start (Ray handing it to its worker)":
             (per_trial["started_at"] - per_trial["start"]).clip(lower=0).sum() * c,
         "trial end (after its last epoch)":
             (per_trial["end"] - per_trial["started_at"] - per_trial["ran"]).clip(lower=0).sum()

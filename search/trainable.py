@@ -64,21 +64,22 @@ def whole_model(folder: Path, config: TrialConfig, channels: int) -> keras.Model
 
 
 def run_trial(params: dict[str, Any], *, space: Space, listing: Listing,
-              search_folder: Path) -> None:
+              search_folder: Path, started_at: float | None = None) -> None:
     """Ray Tune function trainable: train one trial (`_run`), what it prints and logs going
-    to the search's log, not the terminal."""
+    to the search's log, not the terminal. `started_at`: when Tune began it (wall clock;
+    default now)."""
     with to_log(search_folder / LOG_FILE):
-        _run(params, space, listing, search_folder)
+        _run(params, space, listing, search_folder, started_at or time.time())
 
 
-def _run(params: dict[str, Any], space: Space, listing: Listing, search_folder: Path) -> None:
+def _run(params: dict[str, Any], space: Space, listing: Listing, search_folder: Path,
+         started_at: float) -> None:
     """Train one trial, reporting every epoch and checkpointing when one is due.
 
     Besides the epoch's metrics each report carries what the benchmarks account with:
-    `started_at` (wall clock when this function began), `checkpoint_s` (saving the model; 0
+    `started_at` (wall clock when Tune began the trial), `checkpoint_s` (saving the model; 0
     when the epoch was not checkpointed) and `peak_rss_mb` (of this worker process, which may
     have run trials before); and the Ray node it ran on (`node_id`)."""
-    started_at = time.time()
     fatal = search_folder / FATAL_ERRORS / tune.get_context().get_trial_id()
     if fatal.exists():
         raise TrialFailed(f"not retried, as a retry cannot fix it: {fatal.read_text()}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,10 @@ def hidden(packages: tuple[str, ...]) -> Iterator[None]:
 
 def run_trial(params: dict[str, Any], *, space: Space, listing: Listing,
               search_folder: Path) -> None:
-    """Ray Tune function trainable: the Keras trial (`search.trainable.run_trial`)."""
+    """Ray Tune function trainable: the Keras trial (`search.trainable.run_trial`), its
+    `started_at` taken before its import, which Tune times as part of its first epoch."""
+    started_at = time.time()
     with hidden(KERAS_EXTRAS):
         from search import trainable
-    trainable.run_trial(params, space=space, listing=listing, search_folder=search_folder)
+    trainable.run_trial(params, space=space, listing=listing, search_folder=search_folder,
+                        started_at=started_at)

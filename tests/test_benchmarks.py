@@ -31,8 +31,8 @@ def test_a_search_s_core_time_is_split_from_the_trials_own_timings(tmp_path: Pat
         "training and evaluation steps": 2.0,
         "graph tracing (each trial's first training and validation step)": 0.5,
         "checkpoints (saving the model)": 0.2,
-        "in the trial, between steps (data, model build, tf.data, Keras)": 1.3,
-        "trial start (worker process, imports)": 3.0,
+        "in the trial, between steps (data, model build, tf.data, Keras, its import)": 1.3,
+        "trial start (Ray handing it to its worker)": 3.0,
         "trial end (after its last epoch)": 0.5,
         "outside trials (Ray start, data prep, idle slots, MLflow, evaluation)":
             20.0 - (2.0 + 0.5 + 0.2 + 1.3 + 3.0 + 0.5),
