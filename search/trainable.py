@@ -64,12 +64,12 @@ def whole_model(folder: Path, config: TrialConfig, channels: int) -> keras.Model
 
 
 def run_trial(params: dict[str, Any], *, space: Space, listing: Listing,
-              search_folder: Path, started_at: float | None = None) -> None:
-    """Ray Tune function trainable: train one trial (`_run`), what it prints and logs going
-    to the search's log, not the terminal. `started_at`: when Tune began it (wall clock;
-    default now)."""
+              search_folder: Path, started_at: float) -> None:
+    """Train one trial (`_run`), what it prints and logs going to the search's log, not the
+    terminal. `started_at`: when Tune began it (wall clock), before `search.worker` imported
+    this module."""
     with to_log(search_folder / LOG_FILE):
-        _run(params, space, listing, search_folder, started_at or time.time())
+        _run(params, space, listing, search_folder, started_at)
 
 
 def _run(params: dict[str, Any], space: Space, listing: Listing, search_folder: Path,

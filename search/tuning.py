@@ -2,7 +2,7 @@
 study, ASHA, the MLflow, progress, checkpoint and snapshot callbacks), run to its end, and
 read back. The first part of a search runs its trials; a resumed one finishes the last part,
 and an extended one adds a part. The trial is an argument: the Keras trial
-(`search.trainable.run_trial`) in a real search, a cheap stand-in where the subject is the
+(`search.worker.run_trial`) in a real search, a cheap stand-in where the subject is the
 orchestration."""
 
 from __future__ import annotations
