@@ -25,7 +25,7 @@ from search.prepare import prepare_data
 from search.ray_start import init_ray
 from search.registration import Register, evaluate_and_register
 from search.results import all_failed, best_trial, records_from_grid, results_table
-from search.searcher import fail_orphans, pruned_trial_ids
+from search.searcher import fail_orphans, pruned_trial_ids, unbuildable_draws
 from search.server import check_server
 from search.space import Space, changes, describe
 from search.summary import Outcome
@@ -103,6 +103,10 @@ def _search(space: Space, listing: Listing, options: Options, folder: SearchFold
                                        grid, strict=True)]  # type: ignore[call-overload]
     records = [record for record, _ in pairs]
     fail_orphans(study, {record.trial_id for record in records})
+    redrawn = unbuildable_draws(study)
+    if redrawn:
+        say(f"{len(redrawn)} draw(s) of models that cannot be built were drawn again, not run "
+            f"(such as: {redrawn[0]})")
     mended = mend_trial_runs(client, parent, records, written)
     if mended:
         say(f"wrote what MLflow had missed of {mended} trial(s), from Ray's results")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from search.console import first_line
-from search.space import Fixed, Space, SpaceError, deepest_draw
+from search.space import Fixed, Space, SpaceError, extreme_draw
 from trainables.data import DataError, list_images
 from trainables.models import build_model
 
@@ -16,11 +16,11 @@ def dry_run(space: Space) -> None:
     baseline too large to allocate is a `SpaceError`."""
     searched = sorted(n for n, p in space.params.items() if not isinstance(p, Fixed))
     print(f"space {space.name} ({space.source}): searches {', '.join(searched) or 'nothing'}")
-    deepest = deepest_draw(space)
+    deepest = extreme_draw(space, deepest=True)
     too_small = deepest.too_small() if deepest else None
     if too_small:
-        print(f"note: some models the space draws cannot be built ({too_small}): such a trial "
-              f"fails at once, and the search goes on without it")
+        print(f"note: some models the space draws cannot be built ({too_small}): the search "
+              f"draws such a trial's config again")
     classes = space.data.classes
     try:
         listing = list_images(space.data, space.seed)

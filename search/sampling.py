@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 
 from search.space import Choice, Fixed, FloatRange, IntRange, Param, Space, searched_params
-from trainables.config import BASELINE_KEY, KEYS, block_key
+from trainables.config import BASELINE_KEY, KEYS, TrialConfig, block_key
 
 
 def suggest(trial: optuna.Trial, name: str, param: Param) -> Any:
@@ -42,6 +42,12 @@ def draw(trial: optuna.Trial, space: Space) -> dict[str, Any]:
             for i in range(drawn[key.per]):
                 drawn[block_key(name, i)] = suggest(trial, block_key(name, i), param)
     return drawn
+
+
+def cannot_build(config: dict[str, Any]) -> str | None:
+    """Why a drawn config's model cannot be built (its image too small for its conv stack),
+    or None."""
+    return TrialConfig.from_params(config).too_small()
 
 
 class DefineByRun:

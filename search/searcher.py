@@ -1,4 +1,5 @@
-"""Ray Tune's ASHA and OptunaSearch, joined so that Optuna sees ASHA's stops as prunes.
+"""Ray Tune's ASHA and OptunaSearch, joined so that Optuna sees ASHA's stops as prunes, and
+Optuna's draws of models that cannot be built are drawn again instead of run.
 
 As shipped, `OptunaSearch.on_trial_complete` tells Optuna that a trial ASHA stopped after
 one epoch is COMPLETE with its epoch-1 accuracy as final value, which teaches TPE that
@@ -10,7 +11,7 @@ intermediate values and does not rank them as finished).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
@@ -23,6 +24,8 @@ from search.objective import METRIC, MODE
 from search.space import Asha
 
 RAY_TRIAL_ID = "ray_trial_id"  # the Optuna trial's user attribute naming its Ray trial
+UNBUILDABLE = "unbuildable"  # the Optuna trial's user attribute: why its draw was not run
+REDRAWS = 100  # draws again of one trial's config whose model cannot be built, at most
 
 
 class RecordingASHA(ASHAScheduler):
@@ -95,15 +98,36 @@ class EpochBudget(Stopper):
 
 class PruningOptunaSearch(OptunaSearch):
     """OptunaSearch that tells Optuna a trial stopped by `scheduler` was PRUNED, and marks
-    each Optuna trial with its Ray trial id (the study is the search's lasting record)."""
+    each Optuna trial with its Ray trial id (the study is the search's lasting record).
 
-    def __init__(self, scheduler: RecordingASHA, **kwargs: Any):
+    A config that `cannot_build` gives a reason for (a conv stack too deep for its image
+    size) is not run: that draw is told to Optuna as PRUNED with the reason as its
+    `UNBUILDABLE` attribute, and the trial's config is drawn again. Had it run, it would have
+    failed in its first second, a trial spent. Given `infeasible` as its constraints, TPE
+    ranks such draws below every trial that ran and learns to draw elsewhere (a FAILED
+    draw it would leave out of its model, and draw again: tried, it drew the same 3-block
+    stack 30 times in a row). After `REDRAWS` such draws in a row the last is run, and
+    fails saying why."""
+
+    def __init__(self, scheduler: RecordingASHA,
+                 cannot_build: Callable[[dict[str, Any]], str | None] | None = None,
+                 **kwargs: Any):
         super().__init__(metric=METRIC, mode=MODE, **kwargs)
         self._scheduler = scheduler
+        self._cannot_build = cannot_build
         self._last_step: dict[str, int] = {}  # trial id -> last epoch reported to Optuna
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)
+        for _ in range(REDRAWS):
+            why = config is not None and self._cannot_build and self._cannot_build(config)
+            if not why:
+                break
+            assert self._ot_study is not None  # set up by Tune
+            drawn = self._ot_trials.pop(trial_id)
+            drawn.set_user_attr(UNBUILDABLE, why)
+            self._ot_study.tell(drawn, state=optuna.trial.TrialState.PRUNED)
+            config = super().suggest(trial_id)
         if trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID, trial_id)
         return config
@@ -161,6 +185,18 @@ def pruned_trial_ids(study: optuna.Study) -> set[str]:
     """The Ray trial ids of the study's pruned trials: those ASHA stopped, in every part."""
     return {t.user_attrs[RAY_TRIAL_ID] for t in study.trials
             if t.state == optuna.trial.TrialState.PRUNED and RAY_TRIAL_ID in t.user_attrs}
+
+
+def infeasible(trial: optuna.trial.FrozenTrial) -> tuple[float]:
+    """The constraint TPE is given (`TPESampler(constraints_func=...)`): positive, so ranked
+    below every feasible trial, for a draw that was not run because its model cannot be
+    built."""
+    return (1.0,) if UNBUILDABLE in trial.user_attrs else (0.0,)
+
+
+def unbuildable_draws(study: optuna.Study) -> list[str]:
+    """Why each draw the search did not run was not (its model could not be built)."""
+    return [t.user_attrs[UNBUILDABLE] for t in study.trials if UNBUILDABLE in t.user_attrs]
 
 
 def tpe_startup_trials(num_samples: int) -> int:

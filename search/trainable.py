@@ -3,7 +3,7 @@
 It turns Ray's flat config into a `TrialConfig`, sizes TensorFlow to the trial's resources,
 resumes from the trial's last checkpoint if Ray restarted it, and reports every epoch through
 `ray.tune.report`, with what training changed as a checkpoint when one is due
-(`search.checkpoints.Cadence`; `trainables.checkpoint`: the trained part of the model and its
+(`search.cadence.Cadence`; `trainables.checkpoint`: the trained part of the model and its
 optimizer's state, never a frozen backbone again);
 `whole_model` joins it to the frozen part the config rebuilds. A trial that runs out of
 memory fails with a `TrialOutOfMemory` that says so; the search goes on. Only `ray.tune` is

@@ -8,6 +8,7 @@ orchestration."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -20,8 +21,14 @@ from search.console import say
 from search.folder import STUDY_NAME, SearchFolder
 from search.progress import ProgressCallback
 from search.pruner import CheckpointPruner
-from search.sampling import DefineByRun
-from search.searcher import EpochBudget, PruningOptunaSearch, RecordingASHA, tpe_startup_trials
+from search.sampling import DefineByRun, cannot_build
+from search.searcher import (
+    EpochBudget,
+    PruningOptunaSearch,
+    RecordingASHA,
+    infeasible,
+    tpe_startup_trials,
+)
 from search.snapshots import SnapshotKeeper, mend
 from search.space import Space
 from search.trial_logger import TrialRunLogger
@@ -96,11 +103,10 @@ def _new_part(space: Space, folder: SearchFolder, trainable: Any, num_samples: i
     seed = space.seed + len(folder.parts) - 1  # an extension must not redraw the same points
     scheduler = RecordingASHA(s.asha)
     startup = s.startup_trials or tpe_startup_trials(s.num_samples)
-    sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
-               if s.sampler == "tpe"
+    sampler = (_tpe(seed, startup) if s.sampler == "tpe"
                else optuna.samplers.RandomSampler(seed=seed))
     searcher = PruningOptunaSearch(
-        scheduler, space=DefineByRun(space), sampler=sampler,
+        scheduler, cannot_build, space=DefineByRun(space), sampler=sampler,
         points_to_evaluate=(space.baseline_points() or None) if first else None,
         storage=folder.study_storage(), study_name=STUDY_NAME)
     logger = TrialRunLogger(tracking_uri, space.name, folder.parent_run_id,
@@ -127,6 +133,15 @@ def _new_part(space: Space, folder: SearchFolder, trainable: Any, num_samples: i
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
         ),
     )
+
+
+def _tpe(seed: int, startup: int) -> optuna.samplers.TPESampler:
+    """TPE that ranks the draws not run because their model cannot be built below every
+    trial that ran (`searcher.infeasible`)."""
+    with warnings.catch_warnings():  # constraints_func is experimental in Optuna 5.0
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup,
+                                          constraints_func=infeasible)
 
 
 def trial_folder_name(trial: Any) -> str:

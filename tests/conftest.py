@@ -147,7 +147,7 @@ name: curves
 seed: 0
 """ + DATA + """model:
   image_size: 8
-  conv_blocks: 1
+  conv_blocks: {conv_blocks}
   dense_layers: 1
   conv_filters: {{type: choice, choices: [4, 8, 16]}}
   dense_units: {{type: choice, choices: [8, 16, 32]}}
@@ -165,14 +165,15 @@ search:
 
 
 def write_curve_space(folder: Path, *, epochs: int, num_samples: int, max_concurrent: int,
-                      asha: str, max_failures: int = 1, baselines: str = "") -> Path:
+                      asha: str, max_failures: int = 1, baselines: str = "",
+                      conv_blocks: str = "1") -> Path:
     """The curve trials' space file (experiment `curves`) and its data under `folder`."""
     root = write_class_folders(folder / "data", 8, classes=CLASSES)
     path = folder / "curves.yaml"
     path.write_text(CURVE_SPACE.format(
         root=root, cache=folder / "cache", epochs=epochs, num_samples=num_samples,
         max_concurrent=max_concurrent, max_failures=max_failures, asha=asha,
-        baselines=baselines))
+        baselines=baselines, conv_blocks=conv_blocks))
     return path
 
 

@@ -5,6 +5,7 @@ standing in for Keras: seconds, not minutes."""
 from __future__ import annotations
 
 import contextlib
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from search.curve_trial import FAULT_EPOCH, curve_trial
 from search.driver import Options, run_search
 from search.folder import SearchFolder
+from search.searcher import UNBUILDABLE
 from search.space import load_space
 
 # faults come at epoch 2, ASHA's first rung; the baselines run first. `dies` has a curve
@@ -69,3 +71,30 @@ def test_a_search_of_curve_trials_with_faults_runs_through_every_part(
     states = pd.Series([t.state.name for t in study.trials]).value_counts()
     assert states.get("PRUNED", 0) == (table["status"] == "stopped").sum()
     assert states.get("FAIL", 0) == diverges.sum()
+
+
+def test_draws_of_models_that_cannot_be_built_are_drawn_again_not_run(
+        ray_local, tmp_path: Path, monkeypatch) -> None:
+    """8-px images under 1 to 3 conv blocks with valid padding: 2 or more leave nothing to
+    pool. Every trial the search runs has 1 block; the draws of more are PRUNED in the
+    study, and the terminal says how many."""
+    monkeypatch.chdir(tmp_path)
+    space = load_space(write_curve_space(
+        tmp_path, epochs=2, num_samples=8, max_concurrent=4, asha=ASHA,
+        conv_blocks="{type: int, low: 1, high: 3}"))
+    terminal = io.StringIO()
+    with contextlib.redirect_stdout(terminal):
+        outcome = run_search(space, Options(f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                            tmp_path / "ray"), curve_trial(epoch_s=0.01),
+                             register=None)
+    table = outcome.table
+    assert len(table) == 8 and (table["status"] == "completed").all()
+    study = SearchFolder.load(next((tmp_path / "ray").glob("*/search.json")).parent) \
+        .load_study()
+    redrawn = [t for t in study.trials if UNBUILDABLE in t.user_attrs]
+    assert redrawn and all(t.state.name == "PRUNED" and t.params["conv_blocks"] > 1
+                           for t in redrawn)
+    ran = [t for t in study.trials if UNBUILDABLE not in t.user_attrs]
+    assert len(ran) == 8 and all(t.params["conv_blocks"] == 1 for t in ran)
+    assert f"{len(redrawn)} draw(s) of models that cannot be built were drawn again" \
+        in terminal.getvalue()

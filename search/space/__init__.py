@@ -10,8 +10,8 @@ from search.space.load import load_space
 from search.space.params import Choice, Fixed, FloatRange, IntRange, Param, contains
 from search.space.reader import MAX_SEED, SpaceError
 from search.space.settings import Asha, Resources, SearchSettings
-from search.space.space import Space, changes, deepest_draw, describe, searched_params
+from search.space.space import Space, changes, describe, extreme_draw, searched_params
 
 __all__ = ["MAX_SEED", "Asha", "Choice", "Fixed", "FloatRange", "IntRange", "Param",
            "Resources", "SearchSettings", "Space", "SpaceError", "changes", "contains",
-           "deepest_draw", "describe", "load_space", "searched_params"]
+           "describe", "extreme_draw", "load_space", "searched_params"]

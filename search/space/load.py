@@ -15,7 +15,7 @@ from search.space.data import read_data
 from search.space.params import Choice, Fixed, Param, contains
 from search.space.reader import MAX_CONCURRENT, MAX_SEED, MAX_TRIALS, NAME, Reader, SpaceError
 from search.space.settings import Asha, Resources, SearchSettings
-from search.space.space import Space
+from search.space.space import Space, extreme_draw
 from trainables.config import KEYS, MAX_EPOCHS, SECTIONS, TrialConfig, block_key_name
 
 # A space file is a few KB of YAML. Past these it is not one: a file passed by mistake, or
@@ -70,6 +70,11 @@ def load_space(path: str | os.PathLike[str],
     }
     space = Space(name, source, seed, data, params, search, baselines)
     _check_head(reader, space)
+    shallowest = extreme_draw(space, deepest=False)
+    too_small = shallowest.too_small() if shallowest else None
+    if too_small:
+        raise reader.fail("model", f"no conv stack the space draws can be built, not even "
+                          f"its shallowest: {too_small}")
     return space
 
 

@@ -66,14 +66,19 @@ def searched_params(space: Space, config: TrialConfig) -> dict[str, Any]:
     return searched
 
 
-def deepest_draw(space: Space) -> TrialConfig | None:
-    """The conv stack the space may draw that shrinks its images most: the smallest image size
-    under the most conv blocks, each with the largest kernel, valid padding where the space
-    draws it. None where every trial has a pretrained backbone (no conv blocks of its own)."""
+def extreme_draw(space: Space, *, deepest: bool) -> TrialConfig | None:
+    """The conv stack the space may draw that shrinks its images most (`deepest`: the
+    smallest image under the most conv blocks, each with the largest kernel, valid padding
+    where the space draws it) or least (the largest image under the fewest blocks, each with
+    the smallest kernel, same padding where the space draws it). None where every trial has
+    a pretrained backbone (no conv blocks of its own)."""
     p = space.params
     if not contains(p["backbone"], "none"):
         return None
-    blocks = extremes(p["conv_blocks"])[1]
-    return TrialConfig(image_size=extremes(p["image_size"])[0], conv_blocks=blocks,
-                       conv_kernel_size=(extremes(p["conv_kernel_size"])[1],) * blocks,
-                       conv_padding="valid" if contains(p["conv_padding"], "valid") else "same")
+    end = 1 if deepest else 0  # of each `extremes` pair
+    blocks = extremes(p["conv_blocks"])[end]
+    valid = contains(p["conv_padding"], "valid") if deepest else \
+        not contains(p["conv_padding"], "same")
+    return TrialConfig(image_size=extremes(p["image_size"])[1 - end], conv_blocks=blocks,
+                       conv_kernel_size=(extremes(p["conv_kernel_size"])[end],) * blocks,
+                       conv_padding="valid" if valid else "same")

@@ -245,8 +245,9 @@ def test_dry_run_without_data(name: str, tmp_path: Path, capsys, monkeypatch) ->
     out = capsys.readouterr().out
     assert "does not exist" in out and "parameters" in out
     assert not (tmp_path / "data").exists()
-    # cats_dogs draws 64 px under up to 5 blocks of 7x7 kernels
+    # cats_dogs draws 64 px under up to 5 blocks of 7x7 kernels, and draws those again
     assert ("note: some models the space draws cannot be built" in out) == (name == "cats_dogs")
+    assert ("draws such a trial's config again" in out) == (name == "cats_dogs")
 
 
 def test_a_dry_run_prints_no_line_of_tensorflows_own(tmp_path: Path) -> None:

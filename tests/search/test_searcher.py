@@ -1,10 +1,13 @@
-"""ASHA's stops reach Optuna as PRUNED, on real Ray Tune and Optuna with a curve trainable."""
+"""ASHA's stops reach Optuna as PRUNED, on real Ray Tune and Optuna with a curve trainable;
+draws of models that cannot be built are drawn again."""
 
 from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 from ray import cloudpickle, tune
@@ -12,16 +15,21 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler
 
 from search.objective import METRIC
+from search.sampling import DefineByRun, cannot_build
 from search.searcher import (
     RAY_TRIAL_ID,
+    REDRAWS,
+    UNBUILDABLE,
     PruningOptunaSearch,
     RecordingASHA,
     fail_orphans,
     tpe_startup_trials,
 )
-from search.space import Asha
+from search.space import Asha, load_space
 
 EPOCHS = 6
+SPACES = Path(__file__).parents[2] / "spaces"
+PRUNED, RUNNING = optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING
 # Ray workers cannot import a test module: ship its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -129,3 +137,38 @@ def test_a_trial_the_study_has_already_ended_is_left_as_it_is() -> None:
     searcher.on_trial_complete("a", {METRIC: 0.5, "training_iteration": EPOCHS})
     [trial] = searcher.study.trials
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.9
+
+
+def test_a_draw_whose_model_cannot_be_built_is_drawn_again_and_failed_in_the_study() -> None:
+    """cats_dogs draws 64 and 128-px images under up to 5 conv blocks of kernels up to 7x7: a
+    third of its draws cannot be built. None is run: each is PRUNED in the study, saying why,
+    and the trial gets a draw that can be built."""
+    space = load_space(SPACES / "cats_dogs.yaml")
+
+    def searcher(check: Callable[[dict[str, Any]], str | None] | None) -> PruningOptunaSearch:
+        return PruningOptunaSearch(RecordingASHA(space.search.asha), check,
+                                   space=DefineByRun(space),
+                                   sampler=optuna.samplers.RandomSampler(seed=0))
+    unchecked = searcher(None)
+    drawn = [unchecked.suggest(f"t{i}") for i in range(30)]
+    assert sum(cannot_build(config) is not None for config in drawn) >= 5  # as shipped
+    checked = searcher(cannot_build)
+    configs = [checked.suggest(f"t{i}") for i in range(30)]
+    assert all(config is not None and cannot_build(config) is None for config in configs)
+    redrawn = [t for t in checked.study.trials if t.state == PRUNED]
+    assert len(redrawn) >= 5
+    for trial in redrawn:
+        assert " is too small for " in trial.user_attrs[UNBUILDABLE]
+        assert RAY_TRIAL_ID not in trial.user_attrs  # no Ray trial ran it
+    running = [t for t in checked.study.trials if t.state == RUNNING]
+    assert [t.user_attrs[RAY_TRIAL_ID] for t in running] == [f"t{i}" for i in range(30)]
+
+
+def test_after_redraws_in_a_row_the_last_draw_is_run_to_fail_in_its_trial() -> None:
+    """A space whose draws almost never build must not hold Tune's loop: the trial then runs,
+    and fails saying why."""
+    scheduler = RecordingASHA(Asha(max_epochs=EPOCHS, grace_period=1, reduction_factor=2))
+    searcher = PruningOptunaSearch(scheduler, lambda config: "too small", space=curve_space)
+    assert searcher.suggest("a") is not None
+    assert [t.state for t in searcher.study.trials] == [PRUNED] * REDRAWS + [RUNNING]
+    assert searcher.study.trials[-1].user_attrs[RAY_TRIAL_ID] == "a"

@@ -14,7 +14,7 @@ from search.space import (
     IntRange,
     SpaceError,
     contains,
-    deepest_draw,
+    extreme_draw,
     load_space,
 )
 from trainables.config import TrialConfig
@@ -96,6 +96,10 @@ def test_parses_distributions_and_defaults(tmp_path: Path) -> None:
     ({"model.image_size": 8, "baselines": {"b": {}}}, "baselines.b",
      "the model cannot be built: image_size 8 is too small for 2 conv blocks with kernels "
      "[3, 3] and valid padding"),
+    ({"model.image_size": 8, "model.conv_blocks": {"type": "int", "low": 2, "high": 4}},
+     "model",
+     "no conv stack the space draws can be built, not even its shallowest: image_size 8 is "
+     "too small for 2 conv blocks with kernels [3, 3] and valid padding"),
     # NaN passes every comparison; infinity every lower bound
     ({"train.learning_rate": float("nan")}, "train.learning_rate", "finite number, got nan"),
     ({"model.dense_dropout": {"type": "uniform", "low": 0.0, "high": float("nan")}},
@@ -174,21 +178,26 @@ def test_baseline_takes_fixed_values_and_defaults(tmp_path: Path) -> None:
     assert space.baseline_points() == [{"dense_dropout": 0.25}]
 
 
-def test_the_deepest_draw_is_the_smallest_image_under_the_most_and_largest_kernels(
+def test_the_extreme_draws_are_the_conv_stacks_that_shrink_images_most_and_least(
         tmp_path: Path) -> None:
     by_name = {p.stem: load_space(p) for p in SPACES}
-    deepest = deepest_draw(by_name["cats_dogs"])
+    deepest = extreme_draw(by_name["cats_dogs"], deepest=True)
     assert deepest is not None and deepest.too_small() == (
         "image_size 64 is too small for 5 conv blocks with kernels [7, 7, 7, 7, 7] and valid "
         "padding")
+    shallowest = extreme_draw(by_name["cats_dogs"], deepest=False)
+    assert shallowest == TrialConfig(image_size=128, conv_blocks=2, conv_kernel_size=(3, 3),
+                                     conv_padding="valid")  # the space fixes valid padding
     for name in ("digits", "rock_paper_scissors", "blood_cells"):  # all it draws is built
-        deepest = deepest_draw(by_name[name])
+        deepest = extreme_draw(by_name[name], deepest=True)
         assert deepest is not None and deepest.too_small() is None, name
     # a pretrained backbone in every trial: no conv blocks of its own
-    assert deepest_draw(load_space(write(tmp_path, {"model.backbone": "vgg16"}))) is None
+    vgg = load_space(write(tmp_path, {"model.backbone": "vgg16"}))
+    assert extreme_draw(vgg, deepest=True) is None and extreme_draw(vgg, deepest=False) is None
     same = load_space(write(tmp_path, {"model.image_size": 8, "model.conv_blocks": 3,
                                        "model.conv_padding": "same"}))
-    assert deepest_draw(same).too_small() is None  # type: ignore[union-attr]  # 8 -> 4 -> 2 -> 1
+    deepest = extreme_draw(same, deepest=True)
+    assert deepest is not None and deepest.too_small() is None  # 8 -> 4 -> 2 -> 1
 
 
 def test_contains() -> None:
