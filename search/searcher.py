@@ -106,8 +106,8 @@ class PruningOptunaSearch(OptunaSearch):
     failed in its first second, a trial spent. Given `infeasible` as its constraints, TPE
     ranks such draws below every trial that ran and learns to draw elsewhere (a FAILED
     draw it would leave out of its model, and draw again: tried, it drew the same 3-block
-    stack 30 times in a row). After `REDRAWS` such draws in a row the last is run, and
-    fails saying why."""
+    stack more than twenty times in a row). After `REDRAWS` such draws in a row the last is
+    run, and fails saying why."""
 
     def __init__(self, scheduler: RecordingASHA,
                  cannot_build: Callable[[dict[str, Any]], str | None] | None = None,
@@ -195,7 +195,7 @@ def infeasible(trial: optuna.trial.FrozenTrial) -> tuple[float]:
 
 
 def unbuildable_draws(study: optuna.Study) -> list[str]:
-    """Why each draw the search did not run was not (its model could not be built)."""
+    """Why each draw that the search did not run could not be built."""
     return [t.user_attrs[UNBUILDABLE] for t in study.trials if UNBUILDABLE in t.user_attrs]
 
 
