@@ -15,6 +15,7 @@ from ray.tune import Callback
 
 from search.console import say
 from search.objective import METRIC
+from search.space import Asha
 
 WAITING_S = 60.0  # with no trial started this long, the line says what the trials wait for
 
@@ -26,6 +27,27 @@ def _clock(seconds: float) -> str:
 
 
 @dataclass
+class _Running:
+    """A running trial: when it started here, the epochs it runs unless ASHA stops it, the
+    results it reported since and when the last came, and its last epoch (a resumed trial
+    starts past 0)."""
+
+    began: float
+    planned: int
+    results: int = 0
+    last_at: float = 0.0
+    epoch: int = 0
+
+    def left(self, now: float) -> float | None:
+        """Its own time left at its pace so far, less what it has spent on the epoch it is
+        in; None before its first result."""
+        if not self.results:
+            return None
+        pace = (self.last_at - self.began) / self.results
+        return max(0.0, pace * max(0, self.planned - self.epoch) - (now - self.last_at))
+
+
+@dataclass
 class Progress:
     """What a search has done so far, out of `total` trials (or, with an `epoch_budget`, out
     of that many epochs in all, which then ends it)."""
@@ -34,7 +56,7 @@ class Progress:
     started: float
     epoch_budget: int | None = None
     asks: str = ""  # what a trial asks for ("1 CPU and 1 GPU"), named while none can start
-    running: set[str] = field(default_factory=set)
+    running: dict[str, _Running] = field(default_factory=dict)
     completed: int = 0
     stopped: int = 0
     failed: int = 0
@@ -46,28 +68,48 @@ class Progress:
     def done(self) -> int:
         return self.completed + self.stopped + self.failed
 
-    def start(self, trial_id: str) -> None:
-        self.running.add(trial_id)
+    def start(self, trial_id: str, planned: int = 0, now: float = 0.0) -> None:
+        """Trial `trial_id` started at `now`, to run `planned` epochs unless stopped."""
+        self.running[trial_id] = _Running(now, planned)
         self.started_any = True
 
-    def result(self, trial_id: str, value: float) -> None:
+    def result(self, trial_id: str, value: float, epoch: int = 0, now: float = 0.0) -> None:
+        """Trial `trial_id` reported `value` for `epoch` at `now`."""
         self.epochs += 1
+        running = self.running.get(trial_id)
+        if running is not None:
+            running.results, running.epoch, running.last_at = running.results + 1, epoch, now
         if self.best is None or value > self.best[0]:
             self.best = (value, trial_id)
 
     def end(self, trial_id: str, how: str) -> None:
         """`how` is completed, stopped (early, by ASHA) or failed."""
-        self.running.discard(trial_id)
+        self.running.pop(trial_id, None)
         setattr(self, how, getattr(self, how) + 1)
+
+    def _paced(self) -> tuple[int, int]:
+        """What the pace is counted in, done and in all: epochs against the epoch budget, if
+        there is one, else finished trials against all."""
+        return (self.epochs, self.epoch_budget) if self.epoch_budget else \
+            (self.done, self.total)
+
+    def _left(self, now: float) -> float | None:
+        """Seconds left at the pace so far (concurrency included), and without a budget at
+        least what the slowest running trial needs at its own pace: the last trial of a
+        search may run for minutes after the others, and the pace of the trials done knows
+        nothing of it. None before anything can tell."""
+        done, of = self._paced()
+        guesses = [(now - self.started) / done * (of - done)] if done else []
+        if not self.epoch_budget:
+            guesses += [left for r in self.running.values() if (left := r.left(now)) is not None]
+        return max(guesses, default=None)
 
     def line(self, now: float) -> str:
         elapsed = now - self.started
-        # the pace so far (concurrency included): epochs against the epoch budget, if there
-        # is one, else finished trials against all
-        done, of = (self.epochs, self.epoch_budget) if self.epoch_budget else \
-            (self.done, self.total)
+        done, of = self._paced()
+        left = self._left(now)
         eta = "done" if self.done >= self.total or done >= of else \
-            "estimating time left" if not done else f"~{_clock(elapsed / done * (of - done))} left"
+            "estimating time left" if left is None else f"~{_clock(left)} left"
         if not self.running and not self.started_any and elapsed >= WAITING_S:
             # Tune waits for a node with what a trial asks for: a cluster's autoscaler may be
             # adding one, or no node will ever have it
@@ -83,10 +125,11 @@ class Progress:
 class ProgressCallback(Callback):
     """Prints `Progress.line()` when a trial ends and at least every `every_s` seconds."""
 
-    def __init__(self, total: int, stopped: set[str], epoch_budget: int | None = None,
-                 asks: str = "", every_s: float = 30.0):
+    def __init__(self, total: int, stopped: set[str], asha: Asha,
+                 epoch_budget: int | None = None, asks: str = "", every_s: float = 30.0):
         self.progress = Progress(total, time.monotonic(), epoch_budget, asks)
         self.stopped = stopped  # trial ids the scheduler stopped early (filled by it)
+        self.asha = asha
         self.every_s = every_s  # (no stream kept: Tune pickles its callbacks)
         self._printed = time.monotonic()
 
@@ -95,12 +138,14 @@ class ProgressCallback(Callback):
         say(self.progress.line(self._printed))
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.progress.start(trial.trial_id)
+        planned = self.asha.epochs_for(trial.config.get("epochs", self.asha.max_epochs))
+        self.progress.start(trial.trial_id, planned, time.monotonic())
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
         if METRIC in result:
-            self.progress.result(trial.trial_id, result[METRIC])
+            self.progress.result(trial.trial_id, result[METRIC],
+                                 result.get("training_iteration", 0), time.monotonic())
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:

@@ -126,8 +126,8 @@ def _new_part(space: Space, folder: SearchFolder, trainable: Any, num_samples: i
             # our progress line replaces Tune's status tables; the pruner keeps checkpoints
             # down to what resuming and registering need (search/checkpoints.py); the keeper
             # keeps a whole copy of Tune's snapshot (search/snapshots.py)
-            callbacks=[logger, ProgressCallback(num_samples, scheduler.stopped, epoch_budget,
-                                                str(s.resources)),
+            callbacks=[logger, ProgressCallback(num_samples, scheduler.stopped, s.asha,
+                                                epoch_budget, str(s.resources)),
                        CheckpointPruner(), SnapshotKeeper(), JsonLoggerCallback()], verbose=0,
             # a trial whose worker died is retried from its latest checkpoint
             failure_config=tune.FailureConfig(max_failures=s.max_failures),

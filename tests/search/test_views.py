@@ -27,6 +27,23 @@ def test_progress_line_counts_trials_and_estimates_the_rest() -> None:
     assert p.line(3700.0).startswith("[1:00:00] 8/8 trials done") and p.line(0).endswith("done")
 
 
+def test_the_estimate_is_at_least_what_the_slowest_running_trial_needs() -> None:
+    """The last trials of a search may run for minutes after the others: 7 of 9 trials done
+    in 300 s say 86 s left, but one running took 100 s for the first of its 3 epochs."""
+    p = Progress(total=9, started=0.0)
+    p.start("slow", planned=3, now=100.0)
+    assert "estimating time left" in p.line(150.0)  # no trial done, no epoch yet
+    p.result("slow", 0.5, epoch=1, now=200.0)
+    assert "~3:20 left" in p.line(200.0)  # its 2 epochs left, 100 s each
+    for t in "abcdefg":
+        p.end(t, "completed")
+    assert "~1:40 left" in p.line(300.0)  # 100 s into its second epoch
+    p.start("resumed", planned=10, now=300.0)  # from its checkpoint at epoch 7
+    p.result("resumed", 0.5, epoch=8, now=330.0)
+    p.end("slow", "completed")
+    assert "~1:00 left" in p.line(330.0)  # 30 s an epoch, 2 left (the pace says 41 s)
+
+
 def test_while_no_trial_can_start_the_line_says_what_they_wait_for() -> None:
     p = Progress(total=8, started=0.0, asks="1 CPU, 1 GPU")
     assert "estimating time left" in p.line(59.0)  # a cluster may take that to place one
