@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from search.evaluation import curves_figure
 from search.objective import METRIC
 from search.results import TrialRecord, best_trial
+from search.searcher import unbuildable_draws
 from search.space import Space
 from search.study_views import param_importances, study_figures
 from search.tracking import RESULTS_PATH, SEARCH_FOLDER, log_figure, start_parent_run
@@ -67,7 +68,9 @@ def _log_overview(client: MlflowClient, parent: str, table: pd.DataFrame,
 
 
 def _log_study(client: MlflowClient, parent: str, study: optuna.Study) -> None:
-    """Optuna's importances (as JSON and a chart) and its views, on the parent run."""
+    """Optuna's importances (as JSON and a chart) and its views, on the parent run, and the
+    count of draws it did not run because their model cannot be built."""
+    client.log_metric(parent, "draws_not_built", float(len(unbuildable_draws(study))))
     importances = param_importances(study)
     if importances:
         client.log_dict(parent, importances, "optuna_param_importances.json")

@@ -98,3 +98,6 @@ def test_draws_of_models_that_cannot_be_built_are_drawn_again_not_run(
     assert len(ran) == 8 and all(t.params["conv_blocks"] == 1 for t in ran)
     assert f"{len(redrawn)} draw(s) of models that cannot be built were drawn again" \
         in terminal.getvalue()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.metrics["draws_not_built"] == len(redrawn)
