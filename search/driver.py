@@ -111,7 +111,8 @@ def _search(space: Space, listing: Listing, options: Options, folder: SearchFold
     if mended:
         say(f"wrote what MLflow had missed of {mended} trial(s), from Ray's results")
     table = results_table(records)
-    record_results(client, parent, table, records, folder.results_path, study)
+    record_results(client, parent, table, records, folder.results_path, study,
+                   len(redrawn))
     results = {record.trial_id: result for record, result in pairs}
     # a trial cut short by the epoch budget may have no checkpoint to evaluate
     best = best_trial(table, among={t for t, result in results.items()

@@ -15,7 +15,6 @@ from mlflow.tracking import MlflowClient
 from search.evaluation import curves_figure
 from search.objective import METRIC
 from search.results import TrialRecord, best_trial
-from search.searcher import unbuildable_draws
 from search.space import Space
 from search.study_views import param_importances, study_figures
 from search.tracking import RESULTS_PATH, SEARCH_FOLDER, log_figure, start_parent_run
@@ -41,12 +40,14 @@ def open_parent_run(client: MlflowClient, space: Space, listing: Listing, folder
 
 def record_results(client: MlflowClient, parent: str, table: pd.DataFrame,
                    records: list[TrialRecord], results_path: Path,
-                   study: optuna.Study) -> None:
+                   study: optuna.Study, draws_not_built: int) -> None:
     """The ended search's overview on its parent run (`table` is also written to
-    `results_path`, which the run names)."""
+    `results_path`, which the run names); `draws_not_built`: the draws the search did not
+    run because their model cannot be built."""
     table.to_parquet(results_path, index=False)
     client.set_tag(parent, RESULTS_PATH, str(results_path))
     _log_overview(client, parent, table, records, results_path)
+    client.log_metric(parent, "draws_not_built", float(draws_not_built))
     _log_study(client, parent, study)
 
 
@@ -68,9 +69,7 @@ def _log_overview(client: MlflowClient, parent: str, table: pd.DataFrame,
 
 
 def _log_study(client: MlflowClient, parent: str, study: optuna.Study) -> None:
-    """Optuna's importances (as JSON and a chart) and its views, on the parent run, and the
-    count of draws it did not run because their model cannot be built."""
-    client.log_metric(parent, "draws_not_built", float(len(unbuildable_draws(study))))
+    """Optuna's importances (as JSON and a chart) and its views, on the parent run."""
     importances = param_importances(study)
     if importances:
         client.log_dict(parent, importances, "optuna_param_importances.json")

@@ -183,7 +183,7 @@ class PruningOptunaSearch(OptunaSearch):
 
 def pruned_trial_ids(study: optuna.Study) -> set[str]:
     """The Ray trial ids of the study's pruned trials: those ASHA stopped, in every part."""
-    return {t.user_attrs[RAY_TRIAL_ID] for t in study.trials
+    return {t.user_attrs[RAY_TRIAL_ID] for t in study.get_trials(deepcopy=False)
             if t.state == optuna.trial.TrialState.PRUNED and RAY_TRIAL_ID in t.user_attrs}
 
 
@@ -196,7 +196,8 @@ def infeasible(trial: optuna.trial.FrozenTrial) -> tuple[float]:
 
 def unbuildable_draws(study: optuna.Study) -> list[str]:
     """Why each draw that the search did not run could not be built."""
-    return [t.user_attrs[UNBUILDABLE] for t in study.trials if UNBUILDABLE in t.user_attrs]
+    return [t.user_attrs[UNBUILDABLE] for t in study.get_trials(deepcopy=False)
+            if UNBUILDABLE in t.user_attrs]
 
 
 def tpe_startup_trials(num_samples: int) -> int:
@@ -208,7 +209,8 @@ def tpe_startup_trials(num_samples: int) -> int:
 def fail_orphans(study: optuna.Study, ray_trial_ids: set[str]) -> int:
     """Mark FAIL the study's RUNNING trials that no Ray trial ran: asked for just before the
     driver was killed, after Tune's last snapshot, so the resumed search never knew them."""
-    orphans = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING
+    orphans = [t for t in study.get_trials(deepcopy=False)
+               if t.state == optuna.trial.TrialState.RUNNING
                and t.user_attrs.get(RAY_TRIAL_ID) not in ray_trial_ids]
     for trial in orphans:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
