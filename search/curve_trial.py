@@ -7,10 +7,10 @@ them), so a trial's curve is the same however often it runs and ASHA has slow an
 starters to tell apart. As on a real validation set of n images it takes the values k/n, so
 a curve that has flattened repeats its best, as a real trial's does. Each epoch it waits
 `epoch_s`, then reports what the Keras trial reports (the four metrics, the epoch, the
-node), with a checkpoint of a few bytes when the Keras trial's rule (`Cadence`) has one due,
-and resumes from its checkpoint when Tune restarts it. It can be told, by predicates on its
-params, to fail, to report a loss that is not finite, or to die (its worker process killed,
-once: the retry resumes from its checkpoint).
+node and the CPUs it holds there), with a checkpoint of a few bytes when the Keras trial's
+rule (`Cadence`) has one due, and resumes from its checkpoint when Tune restarts it. It can
+be told, by predicates on its params, to fail, to report a loss that is not finite, or to
+die (its worker process killed, once: the retry resumes from its checkpoint).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def curve_trial(epoch_s: float = 0.0, fail_if: Callable[[Params], bool] | None =
                 done = json.loads((Path(folder) / STATE).read_text())["epoch"]
         resumed = checkpoint is not None
         node = ray.get_runtime_context().get_node_id()
+        cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 0.0)
         images = max(len(listing.splits["validation"].files), 1)
         cadence = Cadence(space.search.checkpoint_every_s)
         for epoch in range(done + 1, space.search.asha.epochs_for(params["epochs"]) + 1):
@@ -67,7 +68,7 @@ def curve_trial(epoch_s: float = 0.0, fail_if: Callable[[Params], bool] | None =
             accuracy = round(ceiling * math.tanh(speed * epoch) * images) / images
             metrics = {"epoch": epoch, "val_accuracy": accuracy, "accuracy": accuracy,
                        "val_loss": 1 - accuracy, "loss": 1 - accuracy, TRAINED_ON: ON_PIXELS,
-                       "node_id": node}
+                       "node_id": node, "cpus": cpus}
             if not cadence.due(accuracy, time.monotonic()):
                 tune.report(metrics)
                 continue

@@ -15,11 +15,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
+import ray
+from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.experiment import Trial
+from ray.tune.result import SHOULD_CHECKPOINT
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
+from search.console import say
+from search.growth import grown_cpus
 from search.objective import METRIC, MODE
 from search.space import Asha
 
@@ -35,17 +40,25 @@ class RecordingASHA(ASHAScheduler):
     It picks the trial to run next as ASHA's FIFO base does (the first pending, else the
     first paused, in the order Tune queued them) from the trials not ended, not from all:
     Tune asks at every step of its loop, and the walk over the whole study was 4% of the
-    driver's time at 2,000 trials."""
+    driver's time at 2,000 trials.
 
-    def __init__(self, asha: Asha):
+    Once all `num_samples` trials of its part have started, it restarts a CPU trial with the
+    CPUs the ended ones left idle on its node (`search.growth`): it says PAUSE at an epoch
+    the trial checkpointed, and gives the paused trial its new resources before Tune starts
+    it again from that checkpoint, as Ray's `ResourceChangingScheduler` does."""
+
+    def __init__(self, asha: Asha, num_samples: int):
         super().__init__(metric=METRIC, mode=MODE, max_t=asha.max_epochs,
                          grace_period=asha.grace_period,
                          reduction_factor=asha.reduction_factor)
         self.asha = asha
+        self.num_samples = num_samples
         self.stopped: set[str] = set()
         # trials not ended, by id, in the order queued (a retried trial goes last, as in
         # Tune's own list)
         self._queued: dict[str, Trial] = {}
+        self._growing: dict[str, int] = {}  # trial id -> the CPUs it restarts with
+        self._node_cpus: dict[str, float] = {}  # Ray node id -> its CPUs
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)
@@ -66,6 +79,13 @@ class RecordingASHA(ASHAScheduler):
         self._queued.pop(trial.trial_id, None)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        for trial_id, cpus in list(self._growing.items()):
+            trial = self._queued.get(trial_id)
+            if trial is None or trial.status != Trial.RUNNING:  # paused, or ended meanwhile
+                del self._growing[trial_id]
+            if trial is not None and trial.status == Trial.PAUSED:
+                trial.update_resources(PlacementGroupFactory([{"CPU": cpus}]))
+                say(f"trial {trial_id} goes on with {cpus} CPUs, which ended trials left idle")
         for status in (Trial.PENDING, Trial.PAUSED):
             for trial in self._queued.values():
                 if trial.status == status:
@@ -77,7 +97,40 @@ class RecordingASHA(ASHAScheduler):
         planned = self.asha.epochs_for(trial.config.get("epochs", self.asha.max_epochs))
         if decision == TrialScheduler.STOP and result[self._time_attr] < planned:
             self.stopped.add(trial.trial_id)
+        if decision == TrialScheduler.CONTINUE and self._grows(tune_controller, trial, result,
+                                                              planned):
+            return TrialScheduler.PAUSE
         return decision
+
+    def _grows(self, tune_controller: Any, trial: Any, result: dict[str, Any],
+               planned: int) -> bool:
+        """Whether `trial`, at the epoch of `result`, is restarted with more CPUs: every
+        trial of the part has started, none waits, the epoch was checkpointed (the restart
+        goes on from it), the trial holds no GPU, and `grown_cpus` says how many."""
+        if (not result.get(SHOULD_CHECKPOINT) or self._growing
+                or len(tune_controller.get_trials()) < self.num_samples
+                or any(t.status in (Trial.PENDING, Trial.PAUSED) for t in self._queued.values())):
+            return False
+        held = trial.placement_group_factory.required_resources
+        node = result.get("node_id")
+        if held.get("GPU") or not node:
+            return False
+        # a trial that has not reported yet may be on this node
+        on_node = 1 + sum(1 for t in self._queued.values() if t is not trial
+                          and (t.last_result or {}).get("node_id", node) == node)
+        cpus = grown_cpus(held.get("CPU", 1), self._cpus_of(node), on_node,
+                          float(result.get("time_this_iter_s", 0)),
+                          planned - int(result[self._time_attr]))
+        if cpus is None:
+            return False
+        self._growing[trial.trial_id] = cpus
+        return True
+
+    def _cpus_of(self, node: str) -> float:
+        if node not in self._node_cpus:
+            self._node_cpus.update({n["NodeID"]: n["Resources"].get("CPU", 0.0)
+                                    for n in ray.nodes() if n["Alive"]})
+        return self._node_cpus.get(node, 0.0)
 
 
 class EpochBudget(Stopper):
@@ -102,11 +155,11 @@ class PruningOptunaSearch(OptunaSearch):
 
     A config that `cannot_build` gives a reason for (a conv stack too deep for its image
     size) is not run: that draw is told to Optuna as PRUNED with the reason as its
-    `UNBUILDABLE` attribute, and the trial's config is drawn again. Had it run, it would have
-    failed in its first second, a trial spent. Given `infeasible` as its constraints, TPE
-    ranks such draws below every trial that ran and learns to draw elsewhere (a FAILED
-    draw it would leave out of its model, and draw again: tried, it drew the same 3-block
-    stack more than twenty times in a row). After `REDRAWS` such draws in a row the last is
+    `UNBUILDABLE` attribute and a constraint it breaks, and the trial's config is drawn
+    again. Had it run, it would have failed in its first second, a trial spent. TPE ranks
+    draws that break a constraint below every trial that ran, and learns to draw elsewhere
+    (a FAILED draw it would leave out of its model, and draw again: tried, it drew the same
+    3-block stack more than twenty times in a row). After `REDRAWS` such draws in a row the last is
     run, and fails saying why."""
 
     def __init__(self, scheduler: RecordingASHA,
@@ -126,6 +179,7 @@ class PruningOptunaSearch(OptunaSearch):
             assert self._ot_study is not None  # set up by Tune
             drawn = self._ot_trials.pop(trial_id)
             drawn.set_user_attr(UNBUILDABLE, why)
+            drawn.set_constraint(UNBUILDABLE, 1.0)  # positive: the draw is infeasible
             self._ot_study.tell(drawn, state=optuna.trial.TrialState.PRUNED)
             config = super().suggest(trial_id)
         if trial_id in self._ot_trials:
@@ -185,13 +239,6 @@ def pruned_trial_ids(study: optuna.Study) -> set[str]:
     """The Ray trial ids of the study's pruned trials: those ASHA stopped, in every part."""
     return {t.user_attrs[RAY_TRIAL_ID] for t in study.get_trials(deepcopy=False)
             if t.state == optuna.trial.TrialState.PRUNED and RAY_TRIAL_ID in t.user_attrs}
-
-
-def infeasible(trial: optuna.trial.FrozenTrial) -> tuple[float]:
-    """The constraint TPE is given (`TPESampler(constraints_func=...)`): positive, so ranked
-    below every feasible trial, for a draw that was not run because its model cannot be
-    built."""
-    return (1.0,) if UNBUILDABLE in trial.user_attrs else (0.0,)
 
 
 def unbuildable_draws(study: optuna.Study) -> list[str]:

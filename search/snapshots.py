@@ -6,6 +6,14 @@ the copy leaves part of a file, and `Tuner.restore` fails on it. `SnapshotKeeper
 callback in the driver, copies each new snapshot from the staging folder (complete whenever a
 callback runs: Tune writes it in the same thread) to a numbered folder of `KEPT`, marked done
 once whole; `mend` puts the newest done copy back where the current snapshot is cut short.
+
+Each trial's `result.json` is written the same way, in the staging folder, and copied to the
+experiment folder at most every `SyncConfig.sync_period` (5 minutes). When a trial starts
+again (a retry, or more CPUs: `search.growth`), Tune's JSON logger copied the experiment
+folder's file back over the one it writes: the results of up to 5 minutes before the restart
+were lost, and with them the results table's epochs (a trial restarted after its first epoch
+of 200 s had "3 epochs" as 2). `TrialResultLogger` copies it back only where the staging
+folder has none (a resumed driver's).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.logger import JsonLoggerCallback
 
 from search.folder import ResumeError
 from search.saved_state import NewestStateFile, written_since
@@ -28,6 +37,15 @@ DONE = "done"  # written last in a kept copy: the copy is whole
 # the files of one snapshot, each named by its driver session (a resume starts another)
 PICKLE = b"\x80"  # the PROTO opcode every pickle since protocol 2 starts with
 PATTERNS = ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json")
+
+
+class TrialResultLogger(JsonLoggerCallback):
+    """Tune's JSON logger (each trial's results, which the results table is read from), that
+    keeps what it wrote when a trial starts again."""
+
+    def _restore_from_remote(self, file_name: str, trial: Any) -> None:
+        if not Path(trial.local_path, file_name).exists():
+            super()._restore_from_remote(file_name, trial)
 
 
 class SnapshotKeeper(Callback):

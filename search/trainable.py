@@ -79,13 +79,18 @@ def _run(params: dict[str, Any], space: Space, listing: Listing, search_folder: 
     Besides the epoch's metrics each report carries what the benchmarks account with:
     `started_at` (wall clock when Tune began the trial), `checkpoint_s` (saving the model; 0
     when the epoch was not checkpointed) and `peak_rss_mb` (of this worker process, which may
-    have run trials before); and the Ray node it ran on (`node_id`)."""
+    have run trials before); and the Ray node it ran on (`node_id`) with the CPUs it held
+    there (`cpus`)."""
     fatal = search_folder / FATAL_ERRORS / tune.get_context().get_trial_id()
     if fatal.exists():
         raise TrialFailed(f"not retried, as a retry cannot fix it: {fatal.read_text()}")
     freeze_imports()
     node_id = ray.get_runtime_context().get_node_id()
-    configure_tensorflow(space.search.resources.cpu, space.search.resources.gpu)
+    # the trial's own CPUs: more than the space's share once ended trials left them idle
+    # (search.growth)
+    cpus = tune.get_context().get_trial_resources().required_resources.get(
+        "CPU", space.search.resources.cpu)
+    configure_tensorflow(cpus, space.search.resources.gpu)
     fresh_session()  # a reused worker must not carry the last trial's graphs
     config = TrialConfig.from_params(params)
     trained, initial_epoch = None, 0
@@ -97,7 +102,8 @@ def _run(params: dict[str, Any], space: Space, listing: Listing, search_folder: 
     cadence = Cadence(space.search.checkpoint_every_s)
 
     def report(metrics: dict[str, float | str], trained: keras.Model) -> None:
-        timings = {"started_at": started_at, "node_id": node_id, "checkpoint_s": 0.0,
+        timings = {"started_at": started_at, "node_id": node_id, "cpus": cpus,
+                   "checkpoint_s": 0.0,
                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if not cadence.due(float(metrics[METRIC]), time.monotonic()):
             tune.report({**metrics, **timings})

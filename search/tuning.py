@@ -8,13 +8,11 @@ orchestration."""
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import optuna
 from ray import tune
-from ray.tune.logger import JsonLoggerCallback
 
 from search.checkpoints import prune
 from search.console import say
@@ -26,10 +24,9 @@ from search.searcher import (
     EpochBudget,
     PruningOptunaSearch,
     RecordingASHA,
-    infeasible,
     tpe_startup_trials,
 )
-from search.snapshots import SnapshotKeeper, mend
+from search.snapshots import SnapshotKeeper, TrialResultLogger, mend
 from search.space import Space
 from search.trial_logger import TrialRunLogger
 from trainables.data import Listing
@@ -101,10 +98,10 @@ def _new_part(space: Space, folder: SearchFolder, trainable: Any, num_samples: i
     s = space.search
     part = folder.add_part()
     seed = space.seed + len(folder.parts) - 1  # an extension must not redraw the same points
-    scheduler = RecordingASHA(s.asha)
+    scheduler = RecordingASHA(s.asha, num_samples)
     startup = s.startup_trials or tpe_startup_trials(s.num_samples)
-    sampler = (_tpe(seed, startup) if s.sampler == "tpe"
-               else optuna.samplers.RandomSampler(seed=seed))
+    sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+               if s.sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed))
     searcher = PruningOptunaSearch(
         scheduler, cannot_build, space=DefineByRun(space), sampler=sampler,
         points_to_evaluate=(space.baseline_points() or None) if first else None,
@@ -125,23 +122,17 @@ def _new_part(space: Space, folder: SearchFolder, trainable: Any, num_samples: i
             stop=EpochBudget(epoch_budget) if epoch_budget else None,
             # our progress line replaces Tune's status tables; the pruner keeps checkpoints
             # down to what resuming and registering need (search/checkpoints.py); the keeper
-            # keeps a whole copy of Tune's snapshot (search/snapshots.py)
+            # keeps a whole copy of Tune's snapshot, and each trial's results whole across
+            # its restarts (search/snapshots.py)
             callbacks=[logger, ProgressCallback(num_samples, scheduler.stopped, s.asha,
                                                 epoch_budget, str(s.resources)),
-                       CheckpointPruner(), SnapshotKeeper(), JsonLoggerCallback()], verbose=0,
+                       CheckpointPruner(), SnapshotKeeper(),
+                       TrialResultLogger()],  # type: ignore[no-untyped-call]
+            verbose=0,
             # a trial whose worker died is retried from its latest checkpoint
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
         ),
     )
-
-
-def _tpe(seed: int, startup: int) -> optuna.samplers.TPESampler:
-    """TPE that ranks the draws not run because their model cannot be built below every
-    trial that ran (`searcher.infeasible`)."""
-    with warnings.catch_warnings():  # constraints_func is experimental in Optuna 5.0
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup,
-                                          constraints_func=infeasible)
 
 
 def trial_folder_name(trial: Any) -> str:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from pathlib import Path
 
 import pandas as pd
 from conftest import write_curve_space
 from mlflow.tracking import MlflowClient
 
+from search import growth
 from search.curve_trial import FAULT_EPOCH, curve_trial
 from search.driver import Options, run_search
 from search.folder import SearchFolder
@@ -101,3 +103,42 @@ def test_draws_of_models_that_cannot_be_built_are_drawn_again_not_run(
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = client.get_run(outcome.parent_run_id)
     assert parent.data.metrics["draws_not_built"] == len(redrawn)
+
+
+def test_the_last_trial_goes_on_with_the_cpus_the_ended_ones_left_idle(
+        ray_local, tmp_path: Path, monkeypatch) -> None:
+    """Two trials on half a CPU each of the test's 2: once the 2-epoch one ends, the 12-epoch
+    one is paused at a checkpointed epoch and goes on from it with both CPUs, in the same
+    MLflow run, every epoch there once. (`WORTH_S` at 0: the curve trial's epochs take a
+    fraction of a second, where a real one's restart would not pay.)"""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(growth, "WORTH_S", 0.0)
+    path = write_curve_space(
+        tmp_path, epochs="{type: choice, choices: [2, 12]}", num_samples=2, max_concurrent=2,
+        asha="{max_epochs: 12, grace_period: 12, reduction_factor: 2}",
+        baselines="baselines:\n" + "".join(
+            f"  {name}: {{conv_filters: [8], dense_units: [8], learning_rate: 0.01, "
+            f"epochs: {epochs}}}\n" for name, epochs in (("short", 2), ("long", 12))))
+    path.write_text(path.read_text().replace("  max_failures:", "  checkpoint_every_s: 0\n"
+                                                                "  max_failures:"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    terminal = io.StringIO()
+    with contextlib.redirect_stdout(terminal):
+        outcome = run_search(load_space(path), Options(uri, tmp_path / "ray"),
+                             curve_trial(epoch_s=0.3), register=None)
+
+    table = outcome.table.set_index("baseline")
+    assert (table["status"] == "completed").all()
+    assert table.loc["long", "epochs_run"] == 12
+    long_id = table.loc["long", "trial_id"]
+    assert f"trial {long_id} goes on with 2 CPUs" in terminal.getvalue()
+    results = [json.loads(line) for line in
+               next((tmp_path / "ray").glob(f"*/part-1/{long_id}/result.json")).open()]
+    assert [result["training_iteration"] for result in results] == list(range(1, 13))
+    cpus = [result["cpus"] for result in results]
+    assert cpus[0] == 0.5 and cpus[-1] == 2 and cpus == sorted(cpus)
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("curves").experiment_id],
+                             f"tags.trial_id = '{long_id}'")[0]
+    epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    assert sorted(epochs) == list(range(1, 13)) and run.info.status == "FINISHED"

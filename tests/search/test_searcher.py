@@ -47,7 +47,7 @@ def curve_space(trial: optuna.Trial) -> dict:
 
 
 def test_trials_stopped_by_asha_are_pruned_in_the_study(ray_local, tmp_path: Path) -> None:
-    scheduler = RecordingASHA(Asha(max_epochs=EPOCHS, grace_period=1, reduction_factor=2))
+    scheduler = RecordingASHA(Asha(max_epochs=EPOCHS, grace_period=1, reduction_factor=2), 8)
     searcher = PruningOptunaSearch(scheduler, space=curve_space,
                                    sampler=optuna.samplers.TPESampler(seed=0))
     tuner = tune.Tuner(
@@ -79,7 +79,7 @@ def test_asha_picks_the_trial_to_run_as_fifo_does_from_the_trials_not_ended() ->
         def get_trials(self) -> list[Trial]:
             return self.trials
 
-    asha, queue = RecordingASHA(Asha(max_epochs=9, grace_period=1, reduction_factor=3)), Queue()
+    asha, queue = RecordingASHA(Asha(max_epochs=9, grace_period=1, reduction_factor=3), 8), Queue()
 
     def add(trial: Trial) -> None:  # as Tune's `add_trial` and its requeue do
         queue.trials = [t for t in queue.trials if t is not trial] + [trial]
@@ -129,7 +129,7 @@ def test_study_trials_no_ray_trial_ran_are_failed_not_left_running() -> None:
 def test_a_trial_the_study_has_already_ended_is_left_as_it_is() -> None:
     """The driver was killed after telling Optuna a trial's end, before Tune's snapshot
     recorded it: resumed, the trial trains its last epochs again and reports them."""
-    scheduler = RecordingASHA(Asha(max_epochs=EPOCHS, grace_period=1, reduction_factor=2))
+    scheduler = RecordingASHA(Asha(max_epochs=EPOCHS, grace_period=1, reduction_factor=2), 8)
     searcher = PruningOptunaSearch(scheduler, space=curve_space)
     searcher.suggest("a")
     searcher.study.tell(searcher._ot_trials["a"], 0.9)  # what the killed driver told it
@@ -146,7 +146,7 @@ def test_a_draw_whose_model_cannot_be_built_is_drawn_again_and_failed_in_the_stu
     space = load_space(SPACES / "cats_dogs.yaml")
 
     def searcher(check: Callable[[dict[str, Any]], str | None] | None) -> PruningOptunaSearch:
-        return PruningOptunaSearch(RecordingASHA(space.search.asha), check,
+        return PruningOptunaSearch(RecordingASHA(space.search.asha, 8), check,
                                    space=DefineByRun(space),
                                    sampler=optuna.samplers.RandomSampler(seed=0))
     unchecked = searcher(None)
@@ -159,15 +159,17 @@ def test_a_draw_whose_model_cannot_be_built_is_drawn_again_and_failed_in_the_stu
     assert len(redrawn) >= 5
     for trial in redrawn:
         assert " is too small for " in trial.user_attrs[UNBUILDABLE]
+        assert trial.constraints == {UNBUILDABLE: 1.0}  # infeasible, for TPE
         assert RAY_TRIAL_ID not in trial.user_attrs  # no Ray trial ran it
     running = [t for t in checked.study.trials if t.state == RUNNING]
     assert [t.user_attrs[RAY_TRIAL_ID] for t in running] == [f"t{i}" for i in range(30)]
+    assert not any(t.constraints for t in running)
 
 
 def test_after_redraws_in_a_row_the_last_draw_is_run_to_fail_in_its_trial() -> None:
     """A space whose draws almost never build must not hold Tune's loop: the trial then runs,
     and fails saying why."""
-    scheduler = RecordingASHA(Asha(max_epochs=EPOCHS, grace_period=1, reduction_factor=2))
+    scheduler = RecordingASHA(Asha(max_epochs=EPOCHS, grace_period=1, reduction_factor=2), 8)
     searcher = PruningOptunaSearch(scheduler, lambda config: "too small", space=curve_space)
     assert searcher.suggest("a") is not None
     assert [t.state for t in searcher.study.trials] == [PRUNED] * REDRAWS + [RUNNING]

@@ -44,6 +44,21 @@ def test_the_estimate_is_at_least_what_the_slowest_running_trial_needs() -> None
     assert "~1:00 left" in p.line(330.0)  # 30 s an epoch, 2 left (the pace says 41 s)
 
 
+def test_once_every_trial_has_started_the_running_ones_are_all_that_is_left() -> None:
+    """1 of 2 trials done in 220 s: the pace says as much again, but the other, which has
+    run 2 of its 3 epochs of 100 s, needs 100 s less what it spent on its third."""
+    p = Progress(total=2, started=0.0)
+    p.start("short", planned=2, now=0.0)
+    p.start("long", planned=3, now=20.0)
+    p.end("short", "completed")
+    p.result("long", 0.5, epoch=1, now=120.0)
+    p.result("long", 0.5, epoch=2, now=220.0)
+    assert "~1:40 left" in p.line(220.0)
+    assert "~0:40 left" in p.line(280.0)
+    p.start("long", planned=3, now=300.0)  # restarted (more CPUs): no pace of its own yet
+    assert "~5:00 left" in p.line(300.0)  # the pace of the trials done, until it reports
+
+
 def test_while_no_trial_can_start_the_line_says_what_they_wait_for() -> None:
     p = Progress(total=8, started=0.0, asks="1 CPU, 1 GPU")
     assert "estimating time left" in p.line(59.0)  # a cluster may take that to place one
