@@ -30,21 +30,33 @@ def _clock(seconds: float) -> str:
 class _Running:
     """A running trial: when it started here, the epochs it runs unless ASHA stops it, the
     results it reported since and when the last came, and its last epoch (a resumed trial
-    starts past 0)."""
+    starts past 0). A trial started again in this search (more CPUs, a retry) keeps its
+    last epoch and pace until it reports (`restarted`)."""
 
     began: float
     planned: int
     results: int = 0
     last_at: float = 0.0
     epoch: int = 0
+    earlier_pace: float | None = None
+
+    def pace(self) -> float | None:
+        """Seconds per epoch: since it started here, else before it started again."""
+        if not self.results:
+            return self.earlier_pace
+        return (self.last_at - self.began) / self.results
 
     def left(self, now: float) -> float | None:
-        """Its own time left at its pace so far, less what it has spent on the epoch it is
-        in; None before its first result."""
-        if not self.results:
+        """Its own time left at its pace, less what it has spent on the epoch it is in; None
+        before its first result."""
+        pace = self.pace()
+        if pace is None:
             return None
-        pace = (self.last_at - self.began) / self.results
-        return max(0.0, pace * max(0, self.planned - self.epoch) - (now - self.last_at))
+        since = now - (self.last_at if self.results else self.began)
+        return max(0.0, pace * max(0, self.planned - self.epoch) - since)
+
+    def restarted(self, now: float, planned: int) -> _Running:
+        return _Running(now, planned, epoch=self.epoch, earlier_pace=self.pace())
 
 
 @dataclass
@@ -70,7 +82,9 @@ class Progress:
 
     def start(self, trial_id: str, planned: int = 0, now: float = 0.0) -> None:
         """Trial `trial_id` started at `now`, to run `planned` epochs unless stopped."""
-        self.running[trial_id] = _Running(now, planned)
+        before = self.running.get(trial_id)
+        self.running[trial_id] = before.restarted(now, planned) if before else \
+            _Running(now, planned)
         self.started_any = True
 
     def result(self, trial_id: str, value: float, epoch: int = 0, now: float = 0.0) -> None:

@@ -55,8 +55,11 @@ def test_once_every_trial_has_started_the_running_ones_are_all_that_is_left() ->
     p.result("long", 0.5, epoch=2, now=220.0)
     assert "~1:40 left" in p.line(220.0)
     assert "~0:40 left" in p.line(280.0)
-    p.start("long", planned=3, now=300.0)  # restarted (more CPUs): no pace of its own yet
-    assert "~5:00 left" in p.line(300.0)  # the pace of the trials done, until it reports
+    p.start("long", planned=3, now=300.0)  # restarted (more CPUs), from epoch 2
+    assert "~1:40 left" in p.line(300.0)  # its pace before, until it reports again
+    assert "~1:10 left" in p.line(330.0)
+    p.result("long", 0.5, epoch=3, now=360.0)  # its third epoch in 60 s on more CPUs
+    assert "~0:00 left" in p.line(360.0)
 
 
 def test_while_no_trial_can_start_the_line_says_what_they_wait_for() -> None:
