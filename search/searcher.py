@@ -159,8 +159,8 @@ class PruningOptunaSearch(OptunaSearch):
     again. Had it run, it would have failed in its first second, a trial spent. TPE ranks
     draws that break a constraint below every trial that ran, and learns to draw elsewhere
     (a FAILED draw it would leave out of its model, and draw again: tried, it drew the same
-    3-block stack more than twenty times in a row). After `REDRAWS` such draws in a row the last is
-    run, and fails saying why."""
+    3-block stack more than twenty times in a row). After `REDRAWS` such draws in a row the
+    last is run, and fails saying why."""
 
     def __init__(self, scheduler: RecordingASHA,
                  cannot_build: Callable[[dict[str, Any]], str | None] | None = None,
