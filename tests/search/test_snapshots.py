@@ -3,16 +3,27 @@ snapshot cut short (as a kill during Tune's copy leaves it) is mended from the c
 
 from __future__ import annotations
 
+import json
 import pickle
 import sys
 from pathlib import Path
 
 import pytest
+from pyarrow.fs import LocalFileSystem
 from ray import cloudpickle, tune
 from ray.tune.search.optuna import OptunaSearch
 
 from search.folder import ResumeError
-from search.snapshots import DONE, KEPT, SnapshotKeeper, keep, mend, snapshot_files, whole
+from search.snapshots import (
+    DONE,
+    KEPT,
+    SnapshotKeeper,
+    TrialResultLogger,
+    keep,
+    mend,
+    snapshot_files,
+    whole,
+)
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers run count
 
@@ -96,3 +107,33 @@ def test_a_copy_is_whole_before_the_older_one_goes(tmp_path: Path) -> None:
     assert (kept / "2" / state.name).read_text() == '{"b": 2}'
     assert sorted(p.name for p in (kept / "2").iterdir()) == sorted([DONE, state.name,
                                                                      searcher.name])
+
+
+class _Trial:
+    """What Tune's JSON logger reads of a trial: its staging and storage folders, its
+    config, and that it has a checkpoint (it was started again)."""
+
+    def __init__(self, staging: Path, storage: Path):
+        self.local_path, self.config, self.checkpoint = str(staging), {"x": 1}, True
+        self.storage = type("Storage", (), {"trial_fs_path": str(storage),
+                                            "storage_filesystem": LocalFileSystem()})
+
+    def init_local_path(self) -> None:
+        Path(self.local_path).mkdir(parents=True, exist_ok=True)
+
+
+def test_a_trial_started_again_keeps_the_results_written_before(tmp_path: Path) -> None:
+    """Tune's JSON logger copied the storage folder's result.json, synced at most every 5
+    minutes, over the one it writes when a trial started again: the epochs since were lost."""
+    trial = _Trial(tmp_path / "staging", tmp_path / "storage")
+    trial.init_local_path()
+    (tmp_path / "storage").mkdir()
+    (tmp_path / "storage" / "result.json").write_text("")  # the last sync: no epoch yet
+    logger = TrialResultLogger()
+    logger.log_trial_start(trial)
+    logger.log_trial_result(1, trial, {"training_iteration": 1})
+    logger.log_trial_start(trial)  # started again (more CPUs, or a retry)
+    logger.log_trial_result(2, trial, {"training_iteration": 2})
+    logger.log_trial_end(trial)
+    lines = (tmp_path / "staging" / "result.json").read_text().splitlines()
+    assert [json.loads(line)["training_iteration"] for line in lines] == [1, 2]
