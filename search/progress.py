@@ -111,16 +111,16 @@ class Progress:
         """Seconds left at the pace so far (concurrency included), and without a budget at
         least what the slowest running trial needs at its own pace: the last trial of a
         search may run for minutes after the others, and the pace of the trials done knows
-        nothing of it. Once every trial has started and each running one has reported, what
-        those need is all that is left. None before anything can tell."""
+        nothing of it. Once every trial has started, what the running ones need is all that
+        is left, unknown until each has reported. None before anything can tell."""
         done, of = self._paced()
         guesses = [(now - self.started) / done * (of - done)] if done else []
         if self.epoch_budget:
             return max(guesses, default=None)
         running = [r.left(now) for r in self.running.values()]
         known = [left for left in running if left is not None]
-        if known and len(known) == len(running) and done + len(running) >= self.total:
-            return max(known)
+        if running and done + len(running) >= self.total:
+            return max(known) if len(known) == len(running) else None
         return max(guesses + known, default=None)
 
     def line(self, now: float) -> str:

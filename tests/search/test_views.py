@@ -46,11 +46,13 @@ def test_the_estimate_is_at_least_what_the_slowest_running_trial_needs() -> None
 
 def test_once_every_trial_has_started_the_running_ones_are_all_that_is_left() -> None:
     """1 of 2 trials done in 220 s: the pace says as much again, but the other, which has
-    run 2 of its 3 epochs of 100 s, needs 100 s less what it spent on its third."""
+    run 2 of its 3 epochs of 100 s, needs 100 s less what it spent on its third; before its
+    first epoch nothing can tell."""
     p = Progress(total=2, started=0.0)
     p.start("short", planned=2, now=0.0)
     p.start("long", planned=3, now=20.0)
     p.end("short", "completed")
+    assert "estimating time left" in p.line(60.0)  # not the pace of the trial done
     p.result("long", 0.5, epoch=1, now=120.0)
     p.result("long", 0.5, epoch=2, now=220.0)
     assert "~1:40 left" in p.line(220.0)
