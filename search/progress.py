@@ -48,7 +48,7 @@ class _Running:
 
     def left(self, now: float) -> float | None:
         """Its own time left at its pace, less what it has spent on the epoch it is in; None
-        before its first result."""
+        while it has no pace (no result yet, here or before it started again)."""
         pace = self.pace()
         if pace is None:
             return None
@@ -157,8 +157,7 @@ class ProgressCallback(Callback):
         say(self.progress.line(self._printed))
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        planned = self.asha.epochs_for(trial.config.get("epochs", self.asha.max_epochs))
-        self.progress.start(trial.trial_id, planned, time.monotonic())
+        self.progress.start(trial.trial_id, self.asha.planned(trial.config), time.monotonic())
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:

@@ -81,9 +81,10 @@ class RecordingASHA(ASHAScheduler):
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
         for trial_id, cpus in list(self._growing.items()):
             trial = self._queued.get(trial_id)
-            if trial is None or trial.status != Trial.RUNNING:  # paused, or ended meanwhile
-                del self._growing[trial_id]
-            if trial is not None and trial.status == Trial.PAUSED:
+            if trial is not None and trial.status == Trial.RUNNING:
+                continue  # Tune has not paused it yet
+            del self._growing[trial_id]
+            if trial is not None and trial.status == Trial.PAUSED:  # else it ended meanwhile
                 trial.update_resources(PlacementGroupFactory([{"CPU": cpus}]))
                 say(f"trial {trial_id} goes on with {cpus} CPUs, which ended trials left idle")
         for status in (Trial.PENDING, Trial.PAUSED):
@@ -94,7 +95,7 @@ class RecordingASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
-        planned = self.asha.epochs_for(trial.config.get("epochs", self.asha.max_epochs))
+        planned = self.asha.planned(trial.config)
         if decision == TrialScheduler.STOP and result[self._time_attr] < planned:
             self.stopped.add(trial.trial_id)
         if decision == TrialScheduler.CONTINUE and self._grows(tune_controller, trial, result,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,11 @@ class Asha:
     def epochs_for(self, epochs: int) -> int:
         """Epochs a trial runs: its own setting, capped by `max_epochs`."""
         return min(epochs, self.max_epochs)
+
+    def planned(self, config: Mapping[str, Any]) -> int:
+        """Epochs the trial of Tune config `config` runs unless ASHA stops it (`max_epochs`
+        where the config sets none)."""
+        return self.epochs_for(config.get("epochs", self.max_epochs))
 
 
 @dataclass(frozen=True)
