@@ -30,7 +30,7 @@ def run(space: Space) -> dict[str, Any]:
         trials = read_trials(outcome.results_path, uri, outcome.parent_run_id)
         cache_files = sorted(p.name for p in cache.glob("*.npy"))
     cpus = float(os.cpu_count() or 1)
-    parts = core_time(trials, wall, cpus, space.search.resources.cpu)
+    parts = core_time(trials, wall, cpus, space.search.trial_resources([cpus]).cpu)
     return {
         "wall_s": wall, "cpus": cpus, "trials": len(outcome.table), "parts": parts,
         "overhead_share": parts["training and evaluation steps"] / (wall * cpus),

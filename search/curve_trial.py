@@ -53,7 +53,7 @@ def curve_trial(epoch_s: float = 0.0, fail_if: Callable[[Params], bool] | None =
                 done = json.loads((Path(folder) / STATE).read_text())["epoch"]
         resumed = checkpoint is not None
         node = ray.get_runtime_context().get_node_id()
-        cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 0.0)
+        cpus = tune.get_context().get_trial_resources().required_resources["CPU"]
         images = max(len(listing.splits["validation"].files), 1)
         cadence = Cadence(space.search.checkpoint_every_s)
         for epoch in range(done + 1, space.search.asha.epochs_for(params["epochs"]) + 1):

@@ -22,7 +22,7 @@ import ray
 from search.cli import STOPS
 from search.cluster import ClusterError, check_address
 from search.console import first_line
-from search.space import Resources
+from search.space import TrialResources
 
 
 def init_ray(address: str | None) -> None:
@@ -56,22 +56,30 @@ def _term_as_ctrl_c() -> None:
             signal.signal(stop, _stop_as_ctrl_c)
 
 
-def check_fits(resources: Resources, where: str) -> None:
+def check_fits(resources: TrialResources, where: str) -> None:
     """Fail now if no node of the Ray this driver is on could run a trial, which asks for
     `resources` (`search.resources` in `where`): Tune would wait for such a node forever,
     the progress line saying only that nothing runs. For a search on this machine, whose
     nodes are all there is; a cluster's autoscaler may yet add the node a trial needs."""
-    nodes: list[dict[str, float]] = [node["Resources"] for node in ray.nodes()
-                                     if node["Alive"]]
+    nodes = _alive_nodes()
     if any(node.get("CPU", 0) >= resources.cpu and node.get("GPU", 0) >= resources.gpu
            for node in nodes):
         return
     largest = max(nodes, key=lambda node: (node.get("GPU", 0), node.get("CPU", 0)),
                   default={})
-    has = Resources(largest.get("CPU", 0), largest.get("GPU", 0))
+    has = TrialResources(largest.get("CPU", 0), largest.get("GPU", 0))
     raise ClusterError(f"{where}: search.resources: a trial asks for {resources}, but this "
                        f"machine has {has}; ask for less, or run on a cluster that has them "
                        f"(--address)")
+
+
+def node_cpus() -> list[float]:
+    """The CPUs of each live node of the Ray this driver is on."""
+    return [node.get("CPU", 0.0) for node in _alive_nodes()]
+
+
+def _alive_nodes() -> list[dict[str, float]]:
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
 
 
 def _stop_as_ctrl_c(signum: int, frame: FrameType | None) -> None:

@@ -88,13 +88,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.epoch_budget is not None and args.epoch_budget < 1:
             raise SpaceError(f"--epoch-budget must be >= 1, got {args.epoch_budget}")
-        from search.ray_start import check_fits, start_ray_importing
+        from search.ray_start import check_fits, node_cpus, start_ray_importing
 
         # TensorFlow's start-up lines as it is imported, Ray's as it starts
         with silenced(told=(ClusterError,)):
             started_ray = start_ray_importing(args.address, "search.driver")
         if given_address(args.address) is None:  # this machine's Ray: nothing will be added
-            check_fits(space.search.resources, args.space)
+            check_fits(space.search.trial_resources(node_cpus()), args.space)
         from search.driver import Options, run_search
         from search.results import all_failed, commonest_failure
         from search.summary import print_cache, print_summary

@@ -88,8 +88,7 @@ def _run(params: dict[str, Any], space: Space, listing: Listing, search_folder: 
     node_id = ray.get_runtime_context().get_node_id()
     # the trial's own CPUs: more than the space's share once ended trials left them idle
     # (search.growth)
-    cpus = tune.get_context().get_trial_resources().required_resources.get(
-        "CPU", space.search.resources.cpu)
+    cpus = tune.get_context().get_trial_resources().required_resources["CPU"]
     configure_tensorflow(cpus, space.search.resources.gpu)
     fresh_session()  # a reused worker must not carry the last trial's graphs
     config = TrialConfig.from_params(params)

@@ -19,6 +19,7 @@ from search.console import say
 from search.folder import STUDY_NAME, SearchFolder
 from search.progress import ProgressCallback
 from search.pruner import CheckpointPruner
+from search.ray_start import node_cpus
 from search.sampling import DefineByRun, cannot_build
 from search.searcher import (
     EpochBudget,
@@ -27,7 +28,7 @@ from search.searcher import (
     tpe_startup_trials,
 )
 from search.snapshots import SnapshotKeeper, TrialResultLogger, mend
-from search.space import Space
+from search.space import Space, TrialResources
 from search.trial_logger import TrialRunLogger
 from trainables.data import Listing
 
@@ -53,9 +54,10 @@ def run_parts(space: Space, listing: Listing, folder: SearchFolder, trainable: T
     # Tune's own loggers would write each result three times, in the driver's loop: as JSON
     # (which its results are read back from: kept, in _new_part), CSV and TensorBoard
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    resources = {"cpu": space.search.resources.cpu, "gpu": space.search.resources.gpu}
+    resources = space.search.trial_resources(node_cpus())  # `cpu: auto` on this Ray
     trial = tune.with_resources(tune.with_parameters(
-        trainable, space=space, listing=listing, search_folder=folder.path), resources)
+        trainable, space=space, listing=listing, search_folder=folder.path),
+        {"cpu": resources.cpu, "gpu": resources.gpu})
     grids = []
     for part in folder.parts:
         path = str(folder.path / part)
@@ -69,8 +71,8 @@ def run_parts(space: Space, listing: Listing, folder: SearchFolder, trainable: T
                      else tuner.get_results())
     todo = space.search.num_samples - sum(len(grid) for grid in grids)
     if todo > 0:
-        tuner = _new_part(space, folder, trial, todo, not grids, tracking_uri, epoch_budget,
-                          written)
+        tuner = _new_part(space, folder, trial, resources, todo, not grids, tracking_uri,
+                          epoch_budget, written)
         grids.append(_fit(tuner, epoch_budget))
     return grids
 
@@ -90,8 +92,8 @@ def _fit(tuner: tune.Tuner, epoch_budget: int | None) -> tune.ResultGrid:
     return grid
 
 
-def _new_part(space: Space, folder: SearchFolder, trainable: Any, num_samples: int,
-              first: bool, tracking_uri: str, epoch_budget: int | None,
+def _new_part(space: Space, folder: SearchFolder, trainable: Any, resources: TrialResources,
+              num_samples: int, first: bool, tracking_uri: str, epoch_budget: int | None,
               written: set[str]) -> tune.Tuner:
     """A Tune experiment of `num_samples` trials in the search's folder, its searcher on the
     search's Optuna study. The first part runs the baselines first."""
@@ -125,7 +127,7 @@ def _new_part(space: Space, folder: SearchFolder, trainable: Any, num_samples: i
             # keeps a whole copy of Tune's snapshot, and each trial's results whole across
             # its restarts (search/snapshots.py)
             callbacks=[logger, ProgressCallback(num_samples, scheduler.stopped, s.asha,
-                                                epoch_budget, str(s.resources)),
+                                                epoch_budget, str(resources)),
                        CheckpointPruner(), SnapshotKeeper(),
                        TrialResultLogger()],  # type: ignore[no-untyped-call]
             verbose=0,

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from conftest import write_curve_space
+from conftest import trial_results, write_curve_space
 from mlflow.tracking import MlflowClient
 
 from search import growth
@@ -103,6 +103,25 @@ def test_draws_of_models_that_cannot_be_built_are_drawn_again_not_run(
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = client.get_run(outcome.parent_run_id)
     assert parent.data.metrics["draws_not_built"] == len(redrawn)
+
+
+def test_cpu_auto_gives_each_trial_its_share_of_the_machine(ray_local, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """`cpu: auto`, one trial at a time on the test's 2-CPU Ray: each trial asks Ray for, and
+    sizes itself to, both CPUs."""
+    monkeypatch.chdir(tmp_path)
+    path = write_curve_space(tmp_path, epochs=2, num_samples=2, max_concurrent=1,
+                             asha="{max_epochs: 2, grace_period: 2, reduction_factor: 2}")
+    path.write_text(path.read_text().replace("resources: {cpu: 0.5}", "resources: {cpu: auto}"))
+    with contextlib.redirect_stdout(None):
+        outcome = run_search(load_space(path), Options(f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                                       tmp_path / "ray"),
+                             curve_trial(), register=None)
+
+    assert (outcome.table["status"] == "completed").all()
+    results = trial_results(tmp_path / "ray")
+    assert len(results) == 2
+    assert {result["cpus"] for rows in results.values() for result in rows} == {2}
 
 
 def test_the_last_trial_goes_on_with_the_cpus_the_ended_ones_left_idle(

@@ -9,9 +9,9 @@ Code past this edge trusts a `Space` (`space.py`): its params (`params.py`), its
 from search.space.load import load_space
 from search.space.params import Choice, Fixed, FloatRange, IntRange, Param, contains
 from search.space.reader import MAX_SEED, SpaceError
-from search.space.settings import Asha, Resources, SearchSettings
+from search.space.settings import Asha, Resources, SearchSettings, TrialResources
 from search.space.space import Space, changes, describe, extreme_draw, searched_params
 
 __all__ = ["MAX_SEED", "Asha", "Choice", "Fixed", "FloatRange", "IntRange", "Param",
-           "Resources", "SearchSettings", "Space", "SpaceError", "changes", "contains",
-           "describe", "extreme_draw", "load_space", "searched_params"]
+           "Resources", "SearchSettings", "Space", "SpaceError", "TrialResources", "changes",
+           "contains", "describe", "extreme_draw", "load_space", "searched_params"]

@@ -7,14 +7,14 @@ import copy
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from search.space.data import read_data
 from search.space.params import Choice, Fixed, Param, contains
 from search.space.reader import MAX_CONCURRENT, MAX_SEED, MAX_TRIALS, NAME, Reader, SpaceError
-from search.space.settings import Asha, Resources, SearchSettings
+from search.space.settings import AUTO, Asha, Resources, SearchSettings
 from search.space.space import Space, extreme_draw
 from trainables.config import KEYS, MAX_EPOCHS, SECTIONS, TrialConfig, block_key_name
 
@@ -160,10 +160,20 @@ def _search(reader: Reader, raw: Any) -> SearchSettings:
                                    "search.feature_cache"),
         checkpoint_every_s=reader.number(s, "checkpoint_every_s", "search", float,
                                          d.checkpoint_every_s, 0, 86400),
-        resources=Resources(reader.number(r, "cpu", "search.resources", float, d.resources.cpu,
-                                          0.01, 1024), gpu),
+        resources=Resources(_cpu(reader, r), gpu),
         asha=asha,
     )
+
+
+def _cpu(reader: Reader, resources: dict[str, Any]) -> float | Literal["auto"]:
+    """`search.resources.cpu`: CPUs per trial, or `auto` (the default: an even share of the
+    machine, `SearchSettings.trial_resources`)."""
+    if resources.get("cpu", AUTO) == AUTO:
+        return AUTO
+    if isinstance(resources["cpu"], str):
+        raise reader.fail("search.resources.cpu",
+                          f"expected a number of CPUs or {AUTO}, got {resources['cpu']!r}")
+    return float(reader.number(resources, "cpu", "search.resources", float, None, 0.01, 1024))
 
 
 def _baseline(reader: Reader, params: Mapping[str, Param], raw: Any,

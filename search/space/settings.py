@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+# `search.resources.cpu: auto`: each trial an even share of the machine (`trial_resources`)
+AUTO: Literal["auto"] = "auto"
 
 
 @dataclass(frozen=True)
 class Resources:
-    cpu: float = 1.0
+    """`search.resources`, as the space gives them."""
+    cpu: float | Literal["auto"] = AUTO
     gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """What a trial asks of Ray: `Resources` with `cpu: auto` resolved."""
+    cpu: float
+    gpu: float
 
     def __str__(self) -> str:
         return f"{self.cpu:g} CPU and {self.gpu:g} GPU"
@@ -47,3 +59,14 @@ class SearchSettings:
     checkpoint_every_s: float = 60.0
     resources: Resources = Resources()
     asha: Asha = Asha()
+
+    def trial_resources(self, node_cpus: Sequence[float]) -> TrialResources:
+        """What each trial asks of Ray, whose nodes have `node_cpus` CPUs: `cpu: auto` is an
+        even share of all their CPUs among the `max_concurrent` trials, whole, at least one
+        and at most the largest node's (a trial runs on one node); 2 trials on 8 cores get
+        4 each, where the reports' `cpu: 1` left 6 idle."""
+        cpu, gpu = self.resources.cpu, self.resources.gpu
+        if cpu == AUTO:
+            share = math.floor(sum(node_cpus) / self.max_concurrent)
+            cpu = float(max(1, min(share, math.floor(max(node_cpus, default=1)))))
+        return TrialResources(cpu, gpu)

@@ -12,7 +12,10 @@ from search.space import (
     Fixed,
     FloatRange,
     IntRange,
+    Resources,
+    SearchSettings,
     SpaceError,
+    TrialResources,
     contains,
     extreme_draw,
     load_space,
@@ -59,6 +62,7 @@ def test_parses_distributions_and_defaults(tmp_path: Path) -> None:
     assert space.data.root.is_absolute()
     assert space.search.max_failures == 2 and space.search.startup_trials is None
     assert space.search.checkpoint_every_s == 60.0
+    assert space.search.resources == Resources("auto", 0.0)
 
 
 @pytest.mark.parametrize("changes, where, rule", [
@@ -106,6 +110,9 @@ def test_parses_distributions_and_defaults(tmp_path: Path) -> None:
      "model.dense_dropout.high", "finite number"),
     ({"model.l2": float("inf")}, "model.l2", "finite number, got inf"),
     ({"search.resources.cpu": float("nan")}, "search.resources.cpu", "finite number"),
+    ({"search.resources.cpu": "all"}, "search.resources.cpu",
+     "expected a number of CPUs or auto, got 'all'"),
+    ({"search.resources.cpu": 0}, "search.resources.cpu", "must lie in [0.01, 1024]"),
     ({"train.epochs": float("inf")}, "train.epochs", "expected int"),
     # bounds no real search meets
     ({"model.conv_filters": 10**9}, "model.conv_filters", "must be <= 4096"),
@@ -130,6 +137,22 @@ def test_broken_rules_name_file_key_and_rule(tmp_path: Path, changes: dict, wher
     message = str(caught.value)
     assert message.startswith(f"{path}: {where}"), message
     assert rule in message, message
+
+
+@pytest.mark.parametrize("node_cpus, max_concurrent, cpu", [
+    ([2.0], 2, 1.0),  # this machine: the reports' 1 CPU a trial
+    ([8.0], 2, 4.0),  # a laptop: 2 trials on all 8 cores, not on 2 of them
+    ([8.0], 3, 2.0),  # whole CPUs: 2 left over
+    ([2.0], 4, 1.0),  # at least one (Tune runs the 2 that fit)
+    ([8.0] * 4, 16, 2.0),  # a cluster: its CPUs shared among all the trials at once
+    ([4.0, 64.0], 1, 64.0),  # never more than one node has
+])
+def test_cpu_auto_is_an_even_share_of_the_machine(node_cpus: list[float], max_concurrent: int,
+                                                 cpu: float) -> None:
+    auto = SearchSettings(max_concurrent=max_concurrent, resources=Resources("auto", 0.5))
+    assert auto.trial_resources(node_cpus) == TrialResources(cpu, 0.5)
+    fixed = SearchSettings(max_concurrent=max_concurrent, resources=Resources(0.5, 0.0))
+    assert fixed.trial_resources(node_cpus) == TrialResources(0.5, 0.0)
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
