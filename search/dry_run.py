@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import tensorflow as tf
 
 from search.console import first_line
@@ -11,11 +13,16 @@ from trainables.models import build_model
 
 
 def dry_run(space: Space) -> None:
-    """Print what the space searches, the images per split and class (or why there are none),
-    and every baseline's parameter count. Builds models without pretrained weights; a
-    baseline too large to allocate is a `SpaceError`."""
+    """Print what the space searches and what each trial gets on this machine, the images per
+    split and class (or why there are none), and every baseline's parameter count. Builds
+    models without pretrained weights; a baseline too large to allocate is a
+    `SpaceError`."""
     searched = sorted(n for n, p in space.params.items() if not isinstance(p, Fixed))
     print(f"space {space.name} ({space.source}): searches {', '.join(searched) or 'nothing'}")
+    cpus = os.cpu_count() or 1
+    s = space.search
+    print(f"trials: {s.num_samples}, {s.max_concurrent} at a time, each with "
+          f"{s.trial_resources([float(cpus)])} on this machine ({cpus} CPUs)")
     deepest = extreme_draw(space, deepest=True)
     too_small = deepest.too_small() if deepest else None
     if too_small:

@@ -244,6 +244,9 @@ def test_dry_run_without_data(name: str, tmp_path: Path, capsys, monkeypatch) ->
     assert main([str(SPACES / f"{name}.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "does not exist" in out and "parameters" in out
+    # digits fixes cpu: 1; the report spaces' auto is half of this machine's CPUs
+    share = 1 if name == "digits" else max(1, (os.cpu_count() or 1) // 2)
+    assert f"2 at a time, each with {share} CPU and 0 GPU on this machine" in out
     assert not (tmp_path / "data").exists()
     # cats_dogs draws 64 px under up to 5 blocks of 7x7 kernels, and draws those again
     assert ("note: some models the space draws cannot be built" in out) == (name == "cats_dogs")
@@ -264,6 +267,7 @@ def test_dry_run_reports_images_per_split(tiny_space_file, capsys) -> None:
     assert main([str(tiny_space_file()), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "validation  circle" in out and "small" in out and "diverges" in out
+    assert "2 at a time, each with 1 CPU and 0 GPU on this machine" in out  # cpu: 1
 
 
 def test_epoch_budget_ends_the_search_and_closes_every_run(ray_local, tiny_space_file,
