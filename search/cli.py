@@ -7,10 +7,31 @@ import argparse
 import os
 import signal
 import urllib.parse
+from types import FrameType
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXIT_BAD_INPUT = 2
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, a scheduler's, a lost terminal
+
+
+def term_as_ctrl_c() -> None:
+    """SIGTERM and SIGHUP stop the command as Ctrl-C does (`_stop_as_ctrl_c`), from its first
+    line on: before, one that came before Ray started (a dry run, the space's checks) ended
+    the process as the signal's default does, with no word of it. One ignored stays so:
+    SIGHUP under nohup, which asks the search to outlive the terminal."""
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(stop) is not signal.SIG_IGN:
+            signal.signal(stop, _stop_as_ctrl_c)
+
+
+def _stop_as_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM and SIGHUP (a scheduler's stop, a lost SSH session) stop the search as Ctrl-C
+    does: Tune's SIGINT handler saves its state and ends the part (then `SearchStopped`);
+    outside a part, Python raises KeyboardInterrupt, raised here where SIGINT is ignored (as
+    a shell starts its background jobs; inside a part Tune's handler is in place)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        raise KeyboardInterrupt
+    signal.raise_signal(signal.SIGINT)
 
 
 def without_credentials(uri: str) -> str:

@@ -19,7 +19,7 @@ from types import FrameType
 
 import ray
 
-from search.cli import STOPS
+from search.cli import STOPS, term_as_ctrl_c
 from search.cluster import ClusterError, check_address
 from search.console import first_line
 from search.space import TrialResources
@@ -33,7 +33,7 @@ def init_ray(address: str | None) -> None:
     if not ray.is_initialized():
         _start(address)
     if threading.current_thread() is threading.main_thread():
-        _term_as_ctrl_c()  # over ray.init's SIGTERM handlers (`_sigterm_back_from_ray`)
+        term_as_ctrl_c()  # over ray.init's SIGTERM handlers (`_sigterm_back_from_ray`)
 
 
 def _start(address: str | None) -> None:
@@ -47,13 +47,6 @@ def _start(address: str | None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     except ConnectionError as exc:  # `auto` with no cluster running, say
         raise ClusterError(f"Ray at --address {address}: {first_line(exc)}") from None
-
-
-def _term_as_ctrl_c() -> None:
-    # one ignored stays so: SIGHUP under nohup, which asks the search to outlive the terminal
-    for stop in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(stop) is not signal.SIG_IGN:
-            signal.signal(stop, _stop_as_ctrl_c)
 
 
 def check_fits(resources: TrialResources, where: str) -> None:
@@ -80,16 +73,6 @@ def node_cpus() -> list[float]:
 
 def _alive_nodes() -> list[dict[str, float]]:
     return [node["Resources"] for node in ray.nodes() if node["Alive"]]
-
-
-def _stop_as_ctrl_c(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM and SIGHUP (a scheduler's stop, a lost SSH session) stop the search as Ctrl-C
-    does: Tune's SIGINT handler saves its state and ends the part (then `SearchStopped`);
-    outside a part, Python raises KeyboardInterrupt, raised here where SIGINT is ignored (as
-    a shell starts its background jobs; inside a part Tune's handler is in place)."""
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        raise KeyboardInterrupt
-    signal.raise_signal(signal.SIGINT)
 
 
 def start_ray_importing(address: str | None, module: str) -> bool:
@@ -148,7 +131,7 @@ def _stops_held() -> Iterator[list[int]]:
         yield noted
     finally:
         ray_utils.set_sigterm_handler = sets_ray_handler
-        _term_as_ctrl_c()  # in place of `note`, never the default between them
+        term_as_ctrl_c()  # in place of `note`, never the default between them
         signal.signal(signal.SIGINT, before[signal.SIGINT])
     if noted:
         raise KeyboardInterrupt

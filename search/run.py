@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from search.cli import EXIT_BAD_INPUT, STOPS, add_tracking_uri
+from search.cli import EXIT_BAD_INPUT, STOPS, add_tracking_uri, term_as_ctrl_c
 from search.cluster import ClusterError, given_address
 from search.console import first_line, silenced, tensorflow_started
 from search.folder import FolderError, StoppedBeforeSearch
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started_ray = searching = False
     try:
+        term_as_ctrl_c()
         space = load_space(args.space, overrides(args))
         if args.dry_run:
             tensorflow_started()

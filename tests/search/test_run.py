@@ -263,6 +263,22 @@ def test_a_dry_run_prints_no_line_of_tensorflows_own(tmp_path: Path) -> None:
     out = done.stdout + done.stderr
     assert "parameters" in out and not re.search(r"^[IWEF]\d{4} ", out, re.MULTILINE), out
 
+def test_a_sigterm_before_ray_starts_stops_the_command_as_ctrl_c_does(tmp_path: Path) -> None:
+    """A dry run told to stop (SIGTERM) while it imports TensorFlow says so and exits 130, as
+    after Ctrl-C; it used to die of the signal (-15) without a word."""
+    command = subprocess.Popen([sys.executable, "-m", "search.run",
+                                str(SPACES / "gemstones.yaml"), "--dry-run"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    maps, deadline = Path(f"/proc/{command.pid}/maps"), time.monotonic() + 120
+    while command.poll() is None and time.monotonic() < deadline and \
+            "libtensorflow" not in maps.read_text():
+        time.sleep(0.01)
+    command.send_signal(signal.SIGTERM)
+    out, err = command.communicate(timeout=120)
+    assert command.returncode == 130, (command.returncode, err[-3000:])
+    assert "stopped before the search began" in err and "Traceback" not in err, err[-3000:]
+
+
 def test_dry_run_reports_images_per_split(tiny_space_file, capsys) -> None:
     assert main([str(tiny_space_file()), "--dry-run"]) == 0
     out = capsys.readouterr().out
