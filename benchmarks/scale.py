@@ -75,6 +75,9 @@ class Meter:
     events: list[tuple[str, float, float]] = dataclasses.field(default_factory=list)
     rss_mb: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (ended, MB)
     ended: int = 0
+    # the worker processes results came from: fewer than the trials allowed at once where
+    # Tune dropped the workers it started for them (README, "What stands in the way")
+    workers: set[int] = dataclasses.field(default_factory=set)
 
     def event(self, kind: str) -> None:
         # counted, not found again among the events: a scan at each end was the driver's
@@ -104,6 +107,8 @@ def metered() -> Iterator[Meter]:
         def timed(*args: Any, **kwargs: Any) -> Any:
             if event:
                 meter.event(event)
+            if event == "result":  # log_trial_result(self, iteration, trial, result)
+                meter.workers.add(args[3]["pid"])
             started = time.perf_counter()
             try:
                 return original(*args, **kwargs)
@@ -231,7 +236,7 @@ def summarise(meter: Meter, table: Any, started: float, ended: float, concurrent
         "part_seconds": dict(meter.seconds), "method_seconds": dict(meter.methods),
         "trial_cost_growth": fifths[-1]["driver_cpu_ms_per_trial"]
         / fifths[0]["driver_cpu_ms_per_trial"],
-        "concurrent": concurrent, "epoch_s": epoch_s,
+        "concurrent": concurrent, "epoch_s": epoch_s, "workers": len(meter.workers),
     }
 
 
@@ -245,6 +250,8 @@ def print_report(r: dict[str, Any]) -> None:
           f"last ended (results, Optuna's views, MLflow checked against Ray)")
     print(f"results per second: {r['results_per_s']:.0f} over the run; "
           f"{r['checkpoints']} of the results carried a checkpoint")
+    print(f"the trials ran in {r['workers']} worker processes ({r['concurrent']} allowed at "
+          f"once)")
     print("by fifth of the trials (in the order they ended):")
     for f in r["fifths"]:
         print(f"  {f['fifth']}: {f['results_per_s']:6.0f} results/s, driver CPU "

@@ -37,10 +37,15 @@ class RecordingASHA(ASHAScheduler):
     """ASHA that remembers which trials it stopped before their planned epochs (`stopped`,
     trial ids). ASHA also says STOP to a trial that reaches `max_t`; that one finished.
 
-    It picks the trial to run next as ASHA's FIFO base does (the first pending, else the
-    first paused, in the order Tune queued them) from the trials not ended, not from all:
-    Tune asks at every step of its loop, and the walk over the whole study was 4% of the
-    driver's time at 2,000 trials.
+    It picks the trial to run next from the trials not ended, not from all (Tune asks at
+    every step of its loop, and the walk over the whole study was 4% of the driver's time at
+    2,000 trials): the newest pending, else the first paused. Tune gives the trial it is
+    handed an idle worker if it has one, and the newest pending trial is the one the
+    searcher has just drawn, with no worker asked for yet. Handed the oldest, as ASHA's
+    FIFO base does, Tune gave the idle worker to a trial whose own new worker was still
+    starting and stopped that one: with trials shorter than a worker's start, a 500-trial
+    search ran in 3 to 5 workers of the 8 it allowed and started 30 it stopped, in 87 s;
+    now in its 8, none stopped, in 48 s (README, "What moved it").
 
     Once all `num_samples` trials of its part have started, it restarts a CPU trial with the
     CPUs the ended ones left idle on its node (`search.growth`): it says PAUSE at an epoch
@@ -87,11 +92,9 @@ class RecordingASHA(ASHAScheduler):
             if trial is not None and trial.status == Trial.PAUSED:  # else it ended meanwhile
                 trial.update_resources(PlacementGroupFactory([{"CPU": cpus}]))
                 say(f"trial {trial_id} goes on with {cpus} CPUs, which ended trials left idle")
-        for status in (Trial.PENDING, Trial.PAUSED):
-            for trial in self._queued.values():
-                if trial.status == status:
-                    return trial
-        return None
+        queued = list(self._queued.values())
+        return next((trial for trial in reversed(queued) if trial.status == Trial.PENDING),
+                    next((trial for trial in queued if trial.status == Trial.PAUSED), None))
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)

@@ -12,7 +12,6 @@ from typing import Any
 import optuna
 from ray import cloudpickle, tune
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import FIFOScheduler
 
 from search.objective import METRIC
 from search.sampling import DefineByRun, cannot_build
@@ -69,10 +68,12 @@ def test_trials_stopped_by_asha_are_pruned_in_the_study(ray_local, tmp_path: Pat
         assert trial.value == trial.intermediate_values[EPOCHS]
 
 
-def test_asha_picks_the_trial_to_run_as_fifo_does_from_the_trials_not_ended() -> None:
-    """Tune's own list holds every trial; the scheduler walks only those not ended, with FIFO's
-    answer at each turn: the first pending (a retried trial goes last), else the first paused."""
-    class Queue:  # what FIFO reads of Tune's controller: its trials in queue order
+def test_asha_hands_tune_the_newest_pending_trial_else_the_first_paused() -> None:
+    """Of the trials not ended (Tune's own list holds every trial): the newest pending, the
+    one the searcher just drew, with no worker asked for yet, which takes an idle worker
+    where Tune has one (the oldest pending may have a worker starting, which Tune stopped
+    to give it the idle one); else the first paused."""
+    class Queue:  # what a scheduler reads of Tune's controller: its trials in queue order
         def __init__(self) -> None:
             self.trials: list[Trial] = []
 
@@ -85,32 +86,30 @@ def test_asha_picks_the_trial_to_run_as_fifo_does_from_the_trials_not_ended() ->
         queue.trials = [t for t in queue.trials if t is not trial] + [trial]
         asha.on_trial_add(queue, trial)
 
-    def agrees() -> Trial | None:
-        chosen = asha.choose_trial_to_run(queue)
-        assert chosen is FIFOScheduler().choose_trial_to_run(queue)
-        return chosen
+    def chosen() -> Trial | None:
+        return asha.choose_trial_to_run(queue)
 
     ended = Trial("curve", trial_id="ended", stub=True)
     ended.status = Trial.TERMINATED  # a resumed search's
     trials = [Trial("curve", trial_id=f"t{i}", stub=True) for i in range(4)]
     for trial in [ended, *trials]:
         add(trial)
-    assert agrees() is trials[0]
-    trials[0].status = trials[1].status = Trial.RUNNING
-    assert agrees() is trials[2]
-    asha.on_trial_error(queue, trials[1])  # its worker died: Tune requeues it last
-    trials[1].status = Trial.PENDING
-    add(trials[1])
-    trials[2].status = Trial.PAUSED
-    assert agrees() is trials[3]
-    trials[3].status = Trial.RUNNING
-    assert agrees() is trials[1]
-    trials[1].status = Trial.RUNNING
-    assert agrees() is trials[2]  # paused, no trial pending
+    assert chosen() is trials[3]
+    trials[3].status = trials[2].status = Trial.RUNNING
+    assert chosen() is trials[1]
+    asha.on_trial_error(queue, trials[2])  # its worker died: Tune requeues it last
+    trials[2].status = Trial.PENDING
+    add(trials[2])
+    assert chosen() is trials[2]
+    trials[2].status = trials[1].status = Trial.RUNNING
+    trials[0].status = Trial.PAUSED
+    assert chosen() is trials[0]  # paused, no trial pending
+    trials[0].status = Trial.RUNNING
+    assert chosen() is None
     for trial in trials:
         trial.status = Trial.TERMINATED
         asha.on_trial_complete(queue, trial, {})
-    assert agrees() is None
+    assert chosen() is None  # all ended
 
 
 def test_tpe_models_after_a_third_of_the_search_two_to_ten_trials() -> None:
