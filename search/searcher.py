@@ -92,9 +92,13 @@ class RecordingASHA(ASHAScheduler):
             if trial is not None and trial.status == Trial.PAUSED:  # else it ended meanwhile
                 trial.update_resources(PlacementGroupFactory([{"CPU": cpus}]))
                 say(f"trial {trial_id} goes on with {cpus} CPUs, which ended trials left idle")
-        queued = list(self._queued.values())
-        return next((trial for trial in reversed(queued) if trial.status == Trial.PENDING),
-                    next((trial for trial in queued if trial.status == Trial.PAUSED), None))
+        for trial in reversed(self._queued.values()):
+            if trial.status == Trial.PENDING:
+                return trial
+        for trial in self._queued.values():
+            if trial.status == Trial.PAUSED:
+                return trial
+        return None
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)

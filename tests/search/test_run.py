@@ -263,6 +263,7 @@ def test_a_dry_run_prints_no_line_of_tensorflows_own(tmp_path: Path) -> None:
     out = done.stdout + done.stderr
     assert "parameters" in out and not re.search(r"^[IWEF]\d{4} ", out, re.MULTILINE), out
 
+
 def test_a_sigterm_before_ray_starts_stops_the_command_as_ctrl_c_does(tmp_path: Path) -> None:
     """A dry run told to stop (SIGTERM) while it imports TensorFlow says so and exits 130, as
     after Ctrl-C; it used to die of the signal (-15) without a word."""
