@@ -75,6 +75,7 @@ class Progress:
     epochs: int = 0  # results reported: one per epoch
     best: tuple[float, str] | None = None  # (val_accuracy, trial id)
     started_any: bool = False
+    paced_at: float = 0.0  # when what the pace is counted in (`_paced`) last moved
 
     @property
     def done(self) -> int:
@@ -90,16 +91,21 @@ class Progress:
     def result(self, trial_id: str, value: float, epoch: int = 0, now: float = 0.0) -> None:
         """Trial `trial_id` reported `value` for `epoch` at `now`."""
         self.epochs += 1
+        if self.epoch_budget:
+            self.paced_at = now
         running = self.running.get(trial_id)
         if running is not None:
             running.results, running.epoch, running.last_at = running.results + 1, epoch, now
         if self.best is None or value > self.best[0]:
             self.best = (value, trial_id)
 
-    def end(self, trial_id: str, how: str) -> None:
-        """`how` is completed, stopped (early, by ASHA) or failed."""
+    def end(self, trial_id: str, how: str, now: float = 0.0) -> None:
+        """Trial `trial_id` ended at `now`; `how` is completed, stopped (early, by ASHA) or
+        failed."""
         self.running.pop(trial_id, None)
         setattr(self, how, getattr(self, how) + 1)
+        if not self.epoch_budget:
+            self.paced_at = now
 
     def _paced(self) -> tuple[int, int]:
         """What the pace is counted in, done and in all: epochs against the epoch budget, if
@@ -112,9 +118,14 @@ class Progress:
         least what the slowest running trial needs at its own pace: the last trial of a
         search may run for minutes after the others, and the pace of the trials done knows
         nothing of it. Once every trial has started, what the running ones need is all that
-        is left, unknown until each has reported. None before anything can tell."""
+        is left, unknown until each has reported. None before anything can tell.
+
+        The pace is the one when a trial last ended (an epoch, with a budget), counted down
+        since: measured at `now`, it would grow between two ends, for no news."""
         done, of = self._paced()
-        guesses = [(now - self.started) / done * (of - done)] if done else []
+        at = self.paced_at
+        guesses = [max(0.0, (at - self.started) / done * (of - done) - (now - at))] \
+            if done else []
         if self.epoch_budget:
             return max(guesses, default=None)
         running = [r.left(now) for r in self.running.values()]
@@ -168,11 +179,12 @@ class ProgressCallback(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
         self.progress.end(trial.trial_id,
-                          "stopped" if trial.trial_id in self.stopped else "completed")
+                          "stopped" if trial.trial_id in self.stopped else "completed",
+                          time.monotonic())
         self._print()
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.progress.end(trial.trial_id, "failed")
+        self.progress.end(trial.trial_id, "failed", time.monotonic())
         self._print()
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:

@@ -16,8 +16,8 @@ def test_progress_line_counts_trials_and_estimates_the_rest() -> None:
     p.result("a", 0.5)
     p.result("b", 0.75)
     p.result("a", 0.6)
-    p.end("a", "stopped")
-    p.end("b", "completed")
+    p.end("a", "stopped", now=150.0)
+    p.end("b", "completed", now=160.0)
     line = p.line(160.0)  # 60 s for 2 trials: 6 left take ~3 minutes
     assert line.startswith("[1:00] 2/8 trials done (1 completed, 1 stopped early, 0 failed)")
     assert "0 running" in line and "best val_accuracy 0.7500 (b)" in line
@@ -25,6 +25,21 @@ def test_progress_line_counts_trials_and_estimates_the_rest() -> None:
     for t in "cdefgh":
         p.end(t, "failed")
     assert p.line(3700.0).startswith("[1:00:00] 8/8 trials done") and p.line(0).endswith("done")
+
+
+def test_the_estimate_counts_down_between_two_trials_ends() -> None:
+    """2 of 8 trials done in 60 s say 3 minutes left; 30 s later, with no trial ended since,
+    2:30 are left, where the pace measured then (90 s for 2) said 4:30."""
+    p = Progress(total=8, started=0.0)
+    for t in "abc":
+        p.start(t)
+    p.end("a", "completed", now=50.0)
+    p.end("b", "completed", now=60.0)
+    assert "~3:00 left" in p.line(60.0)
+    assert "~2:30 left" in p.line(90.0)
+    assert "~0:00 left" in p.line(300.0)  # late: not below nothing
+    p.end("c", "completed", now=300.0)  # 100 s a trial: 5 left take 8:20
+    assert "~8:20 left" in p.line(300.0)
 
 
 def test_the_estimate_is_at_least_what_the_slowest_running_trial_needs() -> None:
@@ -81,8 +96,8 @@ def test_with_an_epoch_budget_the_estimate_is_by_epochs() -> None:
     p.start("a")
     assert "estimating time left" in p.line(5.0)
     for _ in range(25):
-        p.result("a", 0.5)
-    p.end("a", "stopped")
+        p.result("a", 0.5, now=10.0)
+    p.end("a", "stopped", now=10.0)
     assert "~0:20 left" in p.line(10.0)  # 25 epochs in 10 s: 50 left take 20 s
     for _ in range(50):
         p.result("b", 0.5)
