@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import h5py
+
 from trainables.images import DEFAULT_CACHE, locked
 
 # held while a backbone with ImageNet weights is built (`pretrained`)
@@ -35,7 +37,11 @@ def pretrained(constructor: Callable[..., Built], weights: str | None,
     loaded as it was where it has no hash to check (MobileNetV2's): every later trial with
     that backbone failed on a truncated file. So the lock's holder notes the files there
     before it builds; a holder that finds the note of one that died deletes what appeared
-    after it, to be fetched again."""
+    after it, to be fetched again.
+
+    A file cut short before any of this (a notebook stopped mid-download, a search run
+    before the lock) is still there: a build that fails on a file there that HDF5 cannot
+    open deletes it and builds again, fetching it anew."""
     if weights != "imagenet":
         return constructor(weights=weights, **kwargs)
     note = lock.with_suffix(".building")
@@ -44,9 +50,28 @@ def pretrained(constructor: Callable[..., Built], weights: str | None,
             for name in _files(downloads) - set(note.read_text().splitlines()):
                 (downloads / name).unlink()
         note.write_text("\n".join(sorted(_files(downloads))))
-        model = constructor(weights=weights, **kwargs)
+        try:
+            model = constructor(weights=weights, **kwargs)
+        except OSError:  # what h5py raises on a file cut short
+            broken = _unreadable(downloads)
+            if not broken:
+                raise
+            for path in broken:
+                path.unlink()
+            model = constructor(weights=weights, **kwargs)
         note.unlink()
         return model
+
+
+def _unreadable(folder: Path) -> list[Path]:
+    """The HDF5 files (Keras' `.h5` weights) in `folder` that HDF5 cannot open."""
+    broken = []
+    for path in sorted(folder.glob("*.h5")):
+        try:
+            h5py.File(path, "r").close()
+        except OSError:
+            broken.append(path)
+    return broken
 
 
 def _files(folder: Path) -> set[str]:

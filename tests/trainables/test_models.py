@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import http.server
+import io
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -321,7 +323,16 @@ def test_a_checkpoint_resumes_with_its_optimizer_and_registers_without_it(
                                join(parts).predict(pixels, verbose=0), atol=1e-6)
 
 
-BLOB = np.random.default_rng(0).bytes(4 << 20)  # a weights file
+def hdf5(values: np.ndarray) -> bytes:
+    """An HDF5 file, as Keras keeps weights in, holding `values` as `weights`."""
+    file = io.BytesIO()
+    with h5py.File(file, "w") as f:
+        f["weights"] = values
+    return file.getvalue()
+
+
+WEIGHTS = np.random.default_rng(0).random(1 << 19)
+BLOB = hdf5(WEIGHTS)  # a weights file, 4 MB
 
 
 @pytest.fixture
@@ -414,3 +425,25 @@ def test_weights_cut_short_by_a_killed_trial_are_fetched_again(
                      lock=tmp_path / "lock", downloads=downloads)
     assert got == BLOB
     assert (downloads / "other.h5").read_bytes() == b"weights fetched before"
+
+
+def test_weights_cut_short_before_the_lock_are_fetched_again(
+        tmp_path: Path, slow_weights: str) -> None:
+    """A weights file cut short that no lock's note names (a notebook stopped mid-download, a
+    search run before the lock) is taken as whole by Keras where it has no hash for it, and
+    the build fails loading it: the build deletes it, fetches it again and succeeds. A whole
+    file beside it is kept."""
+    downloads = tmp_path / "keras" / "models"
+    downloads.mkdir(parents=True)
+    (downloads / "weights.h5").write_bytes(BLOB[:len(BLOB) // 3])
+    other = hdf5(np.arange(3.0))
+    (downloads / "other.h5").write_bytes(other)
+
+    def build(weights: str) -> np.ndarray:  # fetches, then loads with h5py as Keras does
+        fetch(slow_weights, downloads.parent)
+        with h5py.File(downloads / "weights.h5", "r") as f:
+            return np.asarray(f["weights"])
+
+    got = pretrained(build, "imagenet", lock=tmp_path / "lock", downloads=downloads)
+    np.testing.assert_array_equal(got, WEIGHTS)
+    assert (downloads / "other.h5").read_bytes() == other
