@@ -38,7 +38,7 @@ def load_space(path: str | os.PathLike[str],
         if size > MAX_FILE_BYTES:
             raise SpaceError(f"{source}: {size:,} bytes; a space file is YAML of a few KB "
                              f"(see spaces/)")
-        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+        twice, raw = _parsed(source.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpaceError(f"{source}: no such space file") from None
     except IsADirectoryError:
@@ -51,6 +51,10 @@ def load_space(path: str | os.PathLike[str],
     if not _at_most(raw, MAX_VALUES):
         raise SpaceError(f"{source}: more than {MAX_VALUES:,} values once its YAML aliases "
                          f"are expanded; a space holds a few hundred")
+    if twice:
+        path, first, second = twice
+        raise reader.fail(path, f"given twice (lines {first} and {second}); YAML would keep "
+                                f"the second and drop the first without a word: remove one")
     top = _overridden(reader.mapping(raw, "", {"name", "seed", "data", *SECTIONS, "search",
                                                 "baselines"}),
                       {key: value for key, (_, value) in overrides.items()})
@@ -76,6 +80,44 @@ def load_space(path: str | os.PathLike[str],
         raise reader.fail("model", f"no conv stack the space draws can be built, not even "
                           f"its shallowest: {too_small}")
     return space
+
+
+def _parsed(text: str) -> tuple[tuple[str, int, int] | None, Any]:
+    """The YAML document in `text`: a key one of its mappings gives twice (`_given_twice`,
+    looked for before YAML's merge keys add the keys they merge), and its value."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        return _given_twice(node), loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _given_twice(root: yaml.Node) -> tuple[str, int, int] | None:
+    """A key that a mapping of the document gives twice, as (key path, first line, second
+    line); None if none is. Each node is walked once, however many aliases name it."""
+    seen: set[int] = set()
+    stack = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[str, int] = {}
+            for key, value in node.value:
+                name = str(key.value)
+                where = f"{path}.{name}" if path else name
+                line = key.start_mark.line + 1
+                if name in lines:
+                    return where, lines[name], line
+                lines[name] = line
+                stack.append((value, where))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+    return None
 
 
 def _at_most(raw: Any, limit: int) -> bool:

@@ -174,6 +174,27 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_space(bad)
 
 
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
+    """YAML keeps the last of a key given twice and drops the other without a word: a line
+    copied to be changed and left in place, or a second `search:` section replacing the
+    first. Keys a merge (`<<`) brings in may be given again: that is what merging is for."""
+    digits = SPACES[[p.stem for p in SPACES].index("digits")].read_text()
+    copied = tmp_path / "copied.yaml"
+    copied.write_text(digits.replace("  batch_size: 32\n", "  batch_size: 32\n  batch_size: 64\n"))
+    line = digits.splitlines().index("  batch_size: 32") + 1
+    with pytest.raises(SpaceError, match=rf"^{copied}: train.batch_size: given twice "
+                                         rf"\(lines {line} and {line + 1}\); YAML would keep"):
+        load_space(copied)
+    sections = tmp_path / "sections.yaml"
+    sections.write_text(digits + "search:\n  num_samples: 4\n")
+    with pytest.raises(SpaceError, match=r": search: given twice \(lines \d+ and \d+\)"):
+        load_space(sections)
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(digits.replace("  small_cnn:\n", "  small_cnn: &small\n") +
+                      "  faster:\n    <<: *small\n    learning_rate: 0.003\n")
+    assert load_space(merged).baselines["faster"].learning_rate == 0.003
+
+
 def test_a_file_that_is_no_space_is_refused_before_it_costs(tmp_path: Path) -> None:
     """A file passed by mistake, and aliases nested into billions of values (whose error
     would print them all: 8 levels of 9, 43 million strings, took 6 s and 1.2 GB to print,
