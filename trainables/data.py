@@ -128,10 +128,13 @@ def _scan(folder: Location, source: SplitSource) -> _Scanned:
 
 def list_images(spec: DataSpec, seed: int) -> Listing:
     """List every split's files and labels. Raises `DataError` if the data cannot be used."""
-    if not files.is_dir(spec.root):
-        raise _no_folder(spec.root)
-    scans = {name: _scan(files.join(spec.root, str(source.path)), source)
-             for name in SPLITS if isinstance(source := getattr(spec, name), SplitSource)}
+    try:
+        if not files.is_dir(spec.root):
+            raise _no_folder(spec.root)
+        scans = {name: _scan(files.join(spec.root, str(source.path)), source)
+                 for name in SPLITS if isinstance(source := getattr(spec, name), SplitSource)}
+    except OSError as exc:  # what the system says of a folder or an entry it cannot list
+        raise DataError(f"data folder {spec.root} cannot be read: {exc}") from None
     scanned = {name: scan.pairs for name, scan in scans.items()}
     ignored = sum(scan.ignored for scan in scans.values())
     if not scanned["train"]:

@@ -63,6 +63,9 @@ def test_listed_classes_select_folders(image_tree: Path) -> None:
     (lambda root: shutil.rmtree(root) or root.write_text(""), "is a file, not a folder"),
     (lambda root: [shutil.rmtree(p) for p in root.iterdir()], "no images found"),
     (lambda root: [shutil.rmtree(root / c) for c in ("square", "stripes")], "at least 2"),
+    # an entry the system cannot look at (here a name past its limit; for a user, a folder
+    # without permission or a stale mount): named, not a traceback
+    (lambda root: (root / "odd").symlink_to("n" * 300), "cannot be read: .*File name too long"),
 ])
 def test_unusable_data_is_a_clear_error(image_tree: Path, prepare, message: str) -> None:
     prepare(image_tree)
