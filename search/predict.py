@@ -32,17 +32,22 @@ KERAS_MODULES = ("tensorflow.keras", "keras")  # what MLflow's TensorFlow flavou
 PICKLE = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 
 
-def image_files(targets: list[str]) -> list[Path]:
+def image_files(targets: list[str]) -> tuple[list[Path], list[str]]:
     """The files named, and the images inside the folders named (sorted, recursive; hidden
-    files and folders left out, as in a search's data)."""
+    files and folders left out, as in a search's data); and each target that could not be
+    looked at, with what the system said."""
     files: list[Path] = []
+    unread: list[str] = []
     for target in map(Path, targets):
-        if target.is_dir():
-            files += [f for f in map(Path, files_below(target))
-                      if f.suffix.lower() in IMAGE_SUFFIXES]
-        else:
-            files.append(target)
-    return files
+        try:
+            if target.is_dir():
+                files += [f for f in map(Path, files_below(target))
+                          if f.suffix.lower() in IMAGE_SUFFIXES]
+            else:
+                files.append(target)
+        except OSError as exc:  # a stale mount, a folder without permission
+            unread.append(f"{shown(str(target))}: cannot be read ({exc})")
+    return files, unread
 
 
 def unsafe(flavors: dict[str, Any]) -> str | None:
@@ -105,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     meta = info.metadata or {}
     classes, size = meta["classes"], int(meta["image_size"])
-    files, pixels, failures = [], [], 0
-    for path in image_files(args.images):
+    paths, unread = image_files(args.images)
+    for line in unread:
+        print(f"{line}, skipped", file=sys.stderr)
+    files, pixels, failures = [], [], len(unread)
+    for path in paths:
         decoded = decode(str(path), size, meta.get("color_mode", "rgb"))
         if decoded is None:
             why = "unreadable" if path.exists() else "no such file or folder"

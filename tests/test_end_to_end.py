@@ -178,14 +178,18 @@ def test_registered_model_classifies_new_photos(finished_search, tmp_path: Path,
     (photos / "circle" / "._000.png").write_bytes(b"a Mac's shadow file")  # not photos
     (photos / ".ipynb_checkpoints").mkdir()
     (photos / ".ipynb_checkpoints" / "000-checkpoint.png").write_bytes(files[0].read_bytes())
+    odd = tmp_path / "odd"  # a folder the system cannot list (for a user: a stale mount)
+    odd.mkdir()
+    (odd / "photo.png").symlink_to("n" * 300)  # a name past the system's limit
     uri = finished_search.tracking_uri
-    assert predict(["models:/tiny/latest", str(photos), str(tmp_path / "typo.png"),
+    assert predict(["models:/tiny/latest", str(photos), str(tmp_path / "typo.png"), str(odd),
                     "--tracking-uri", uri]) == 1
     captured = capsys.readouterr()
     printed = {Path(path).relative_to(photos): (cls, p) for path, cls, p in
                (ln.split("\t") for ln in captured.out.splitlines())}
     assert "broken.jpg: unreadable, skipped" in captured.err
     assert "typo.png: no such file or folder, skipped" in captured.err
+    assert re.search(r"odd: cannot be read \(.*File name too long.*\), skipped", captured.err)
     # each photo's class and probability, as the registered model gives them
     mlflow.set_tracking_uri(uri)
     outputs = mlflow.tensorflow.load_model("models:/tiny/1").predict(
