@@ -23,7 +23,7 @@ import numpy as np
 from search.cli import EXIT_BAD_INPUT, add_tracking_uri
 from search.console import first_line, tensorflow_started
 from search.evaluation import class_probabilities, predicted_classes
-from search.server import TrackingError
+from search.server import TrackingError, check_server
 from trainables.data import IMAGE_SUFFIXES
 from trainables.files import files_below, shown
 from trainables.images import decode
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from search.tracking import open_store
 
     try:
+        check_server(args.tracking_uri)  # MLflow's client retries a dead one for minutes
         open_store(args.tracking_uri)  # a store MLflow cannot use: one line, not a traceback
     except TrackingError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from search.cli import EXIT_BAD_INPUT, add_tracking_uri
 from search.results import best_trial
-from search.server import TrackingError
+from search.server import TrackingError, check_server
 from search.space import SpaceError, load_space
 from search.summary import Outcome, print_summary
 from search.tracking import REGISTERED_MODEL, RESULTS_PATH, open_store
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
+        check_server(args.tracking_uri)  # MLflow's client retries a dead one for minutes
         client = open_store(args.tracking_uri)
         parent = find_search(client, experiment_name(args.target), args.run)
         outcome = load_outcome(client, parent)

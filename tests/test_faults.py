@@ -29,6 +29,8 @@ from mlflow.tracking import MlflowClient
 
 from search.console import LOG_FILE
 from search.folder import SearchFolder
+from search.predict import main as predict
+from search.report import main as report
 from search.run import main
 
 SNAPSHOT_S = 1.0
@@ -61,6 +63,15 @@ def test_tracking_server_down_at_start_is_exit_2_before_anything(tmp_path: Path,
     err = capsys.readouterr().err
     assert "does not answer" in err and "Traceback" not in err
     assert not (tmp_path / "ray").exists()
+
+
+def test_report_and_predict_with_the_tracking_server_down_are_exit_2_at_once(capsys):
+    """MLflow's client retried a server that does not answer for minutes, saying nothing."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    for command, args in ((report, ["digits"]), (predict, ["models:/digits/1", "x.png"])):
+        assert command([*args, "--tracking-uri", uri]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "does not answer" in err and len(err.splitlines()) == 1, err
 
 
 def test_nothing_to_resume_is_exit_2(tmp_path: Path, capsys):
