@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import run_at_once, shape_image, write_class_folders
+from PIL import Image
 
 from trainables.data import DataError, DataSpec, SplitSource, list_images
 from trainables.files import shown
-from trainables.images import load_arrays
+from trainables.images import decode, load_arrays
 
 
 def spec(root: Path, **kw) -> DataSpec:
@@ -228,6 +230,17 @@ def test_an_empty_class_folder_is_an_error_naming_it(image_tree: Path) -> None:
     # a class the space does not list may be empty: it is not used
     listing = list_images(spec(image_tree, classes=("circle", "square")), seed=0)
     assert listing.classes == ("circle", "square")
+
+
+def test_a_16_bit_png_is_decoded_as_keras_decodes_it(tmp_path: Path) -> None:
+    """A 16-bit grayscale PNG (a scan, say) keeps its picture: Pillow's own conversion clipped
+    every value past 255, so all but the darkest pixels came out white."""
+    values = (np.arange(256, dtype=np.uint32).reshape(16, 16) * 257 + 100).astype(np.uint16)
+    path = tmp_path / "scan.png"
+    Image.fromarray(values).save(path)
+    keras_own = tf.io.decode_png(path.read_bytes(), channels=1, dtype=tf.uint8).numpy()
+    np.testing.assert_array_equal(decode(str(path), 16, "grayscale"), keras_own)
+    np.testing.assert_array_equal(decode(str(path), 16, "rgb"), np.repeat(keras_own, 3, -1))
 
 
 def test_a_file_name_that_is_not_utf8_is_read(image_tree: Path, tmp_path: Path) -> None:
