@@ -53,11 +53,12 @@ def decode(path: str, size: int, color_mode: str) -> np.ndarray | None:
             # a JPEG decodes at the smallest 1/2, 1/4 or 1/8 scale still >= size (libjpeg's
             # DCT scaling): 1.7x the images per second on 500-px photos resized to 150
             img.draft(mode, (size, size))
+            picture: Image.Image = img
             if img.mode.startswith("I;16"):  # 16 bits a pixel: a grayscale PNG of a scan, say
                 # Pillow's convert clips past 255 (such an image came out all but white);
                 # its high byte, as libpng gives Keras' own loading
-                img = Image.fromarray((np.asarray(img) >> 8).astype(np.uint8))
-            resized = img.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+                picture = Image.fromarray((np.asarray(img) >> 8).astype(np.uint8))
+            resized = picture.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
             array = np.asarray(resized, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         return None
