@@ -29,6 +29,9 @@ from trainables import files
 from trainables.data import Split
 
 DECODED_AHEAD = 32  # images decoded ahead of their copy into the split's array (`_in_order`)
+# part of every cache key: raised when `decode` gives other pixels for the same file (2: 16-bit
+# PNGs, which were clipped before), so no cache of the old pixels is read
+DECODER = 2
 Decoded = np.ndarray | None
 DEFAULT_CACHE = Path(os.environ.get("KERAS_SEARCH_CACHE", Path.home() / ".cache" / "keras-search"))
 
@@ -66,7 +69,7 @@ def decode(path: str, size: int, color_mode: str) -> np.ndarray | None:
 
 
 def _key(split: Split, size: int, color_mode: str) -> str:
-    digest = hashlib.sha256(f"{size}|{color_mode}".encode())
+    digest = hashlib.sha256(f"{size}|{color_mode}|{DECODER}".encode())
     for name in split.files:
         size_bytes, mtime_ns = files.signature(name)
         # surrogateescape: a file name that is not UTF-8 keys the cache by its own bytes
