@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 
 from search.space.data import read_data
-from search.space.params import Choice, Fixed, Param, contains
+from search.space.params import Choice, Fixed, Param, choices, contains
 from search.space.reader import MAX_CONCURRENT, MAX_SEED, MAX_TRIALS, NAME, Reader, SpaceError
 from search.space.settings import AUTO, Asha, Resources, SearchSettings
 from search.space.space import Space, extreme_draw
@@ -74,6 +74,7 @@ def load_space(path: str | os.PathLike[str],
     }
     space = Space(name, source, seed, data, params, search, baselines)
     _check_head(reader, space)
+    _check_weights_file(reader, params)
     shallowest = extreme_draw(space, deepest=False)
     too_small = shallowest.too_small() if shallowest else None
     if too_small:
@@ -273,6 +274,20 @@ def _describe(param: Param) -> str:
     if isinstance(param, Choice):
         return f"(choices {list(param.choices)})"
     return f"(range [{param.low}, {param.high}])"
+
+
+def _check_weights_file(reader: Reader, params: Mapping[str, Param]) -> None:
+    """A weights file holds one backbone's weights: drawn with another backbone, it failed
+    each such trial as it was built."""
+    weights, backbone = params["backbone_weights"], params["backbone"]
+    assert isinstance(weights, Fixed | Choice) and isinstance(backbone, Fixed | Choice)
+    files = [w for w in choices(weights) if w not in ("none", "imagenet")]
+    backbones = [b for b in choices(backbone) if b != "none"]
+    if files and len(backbones) > 1:
+        raise reader.fail(f"{KEYS['backbone_weights'].section}.backbone_weights",
+                          f"a weights file holds one backbone's weights ({files[0]}), but "
+                          f"{KEYS['backbone'].section}.backbone draws {backbones}: fix the "
+                          f"backbone, or use imagenet")
 
 
 def _check_head(reader: Reader, space: Space) -> None:

@@ -45,6 +45,11 @@ def contains(param: Param, value: Any) -> bool:
     return bool(param.low <= value <= param.high)
 
 
+def choices(param: Fixed | Choice) -> tuple[Any, ...]:
+    """Every value a fixed value or a choice can give."""
+    return (param.value,) if isinstance(param, Fixed) else param.choices
+
+
 def extremes(param: Param) -> tuple[Any, Any]:
     """The smallest and the largest value `param` can give (a number's)."""
     if isinstance(param, Fixed):

@@ -128,6 +128,10 @@ def test_parses_distributions_and_defaults(tmp_path: Path) -> None:
     ({"name": "cats/dogs"}, "name", "letters, digits"),
     ({"model.backbone": "vgg16", "model.backbone_weights": "nowhere.h5"},
      "model.backbone_weights", "no such file"),
+    # one file, one architecture: the other backbones' trials failed as they were built
+    ({"model.backbone": {"type": "choice", "choices": ["none", "vgg16", "mobilenet_v2"]},
+      "model.backbone_weights": __file__}, "model.backbone_weights",
+     "a weights file holds one backbone's weights"),
 ])
 def test_broken_rules_name_file_key_and_rule(tmp_path: Path, changes: dict, where: str,
                                              rule: str) -> None:
