@@ -14,7 +14,7 @@ from trainables.files import location
 def read_data(reader: Reader, raw: Any) -> DataSpec:
     d = reader.mapping(raw, "data", {"root", "generate", "train", "validation", "test",
                                      "classes", "color_mode", "cache_dir"})
-    if not isinstance(d.get("root"), str):
+    if not isinstance(d.get("root"), str) or not d["root"].strip():
         raise reader.fail("data.root", f"expected a folder path, got {d.get('root')!r}")
     generate = d.get("generate")
     if generate not in (None, "digits"):
@@ -26,8 +26,12 @@ def read_data(reader: Reader, raw: Any) -> DataSpec:
     if classes is not None:
         if (not isinstance(classes, list) or len(classes) < 2
                 or not all(isinstance(c, str) and c for c in classes)):
+            # YAML reads folder names 0 and 1 as numbers: say how to keep them names
+            quote = next((f" (folder names: quote {c!r} as \"{c}\")" for c in classes
+                          if isinstance(c, int | float) and not isinstance(c, bool)), "") \
+                if isinstance(classes, list) else ""
             raise reader.fail("data.classes", f"expected a list of two or more class names, "
-                              f"got {classes!r}")
+                              f"got {classes!r}{quote}")
         if len(set(classes)) != len(classes):
             raise reader.fail("data.classes", f"class names must be unique, got {classes!r}")
     train = _split(reader, d.get("train", "."), "data.train", fraction=False)

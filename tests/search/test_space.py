@@ -126,6 +126,9 @@ def test_parses_distributions_and_defaults(tmp_path: Path) -> None:
     # the name is an MLflow experiment and registered model: ".." resolves to another path
     ({"name": ".."}, "name", "starting with a letter or digit"),
     ({"name": "cats/dogs"}, "name", "letters, digits"),
+    ({"data.root": " "}, "data.root", "expected a folder path, got ' '"),
+    # folders named 0 and 1, written unquoted, which YAML reads as numbers
+    ({"data.classes": [0, 1]}, "data.classes", "got [0, 1] (folder names: quote 0 as \"0\")"),
     ({"model.backbone": "vgg16", "model.backbone_weights": "nowhere.h5"},
      "model.backbone_weights", "no such file"),
     # one file, one architecture: the other backbones' trials failed as they were built
