@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,9 @@ class Reader:
         if not file.is_file():
             raise self.fail(path, f"expected none, imagenet or a weights file, got {value!r} "
                             f"(no such file: {file})")
+        problem = _not_weights(file)
+        if problem:
+            raise self.fail(path, f"{value!r} is not a weights file Keras loads: {problem}")
         return str(file)
 
     def check_bounds(self, key: Key, value: float, path: str) -> None:
@@ -145,3 +149,23 @@ class Reader:
                 raise self.fail(f"{path}.step", f"must be >= 1, got {step}")
             return IntRange(low, high, step, log)
         return FloatRange(low, high, log)
+
+
+def _not_weights(file: Path) -> str | None:
+    """Why Keras' `load_weights` would refuse `file`, by its name and its container (a zip
+    for `.keras`, HDF5 for `.h5`), not its layers; None if it would try it. Each trial that
+    drew such a file failed as it was built."""
+    name = file.name  # Keras reads the suffix as it is written
+    if name.endswith(".keras"):
+        return None if zipfile.is_zipfile(file) else "a .keras file is a zip archive; not this"
+    if name.endswith((".h5", ".hdf5")):
+        import h5py  # here: the CLI reads every space, few name a weights file
+
+        try:
+            h5py.File(file, "r").close()
+        except OSError as exc:
+            return f"HDF5 cannot open it ({exc})"
+        return None
+    if name.endswith(".weights.json"):
+        return None
+    return "expected a .keras, .weights.h5, .h5 or .weights.json file"
