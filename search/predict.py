@@ -50,6 +50,14 @@ def image_files(targets: list[str]) -> tuple[list[Path], list[str]]:
     return files, unread
 
 
+def undescribed(metadata: dict[str, Any] | None) -> str | None:
+    """Why the model's metadata does not say what it takes and gives (its classes and image
+    size, which a search registers with every model), or None."""
+    missing = [key for key in ("classes", "image_size") if key not in (metadata or {})]
+    return (f"its metadata has no {' and no '.join(missing)}: it was not registered by a "
+            f"search (whose models carry them)") if missing else None
+
+
 def unsafe(flavors: dict[str, Any]) -> str | None:
     """Why the model's MLmodel file asks for code to run on load, or None: Python code shipped
     with the model (put on `sys.path`) or a Keras module other than Keras itself (imported)."""
@@ -99,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     tensorflow_started()
     try:
         info = mlflow.models.get_model_info(args.model)
-        refused = unsafe(info.flavors)
+        refused = unsafe(info.flavors) or undescribed(info.metadata)
         model = None if refused else load_safely(args.model)
     except mlflow.exceptions.MlflowException as exc:
         refused = (exc.message if "cloudpickle" not in exc.message else

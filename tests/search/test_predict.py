@@ -94,6 +94,21 @@ def test_predict_refuses_a_model_that_needs_pickle(tmp_path: Path, capsys) -> No
     assert not marker.exists()
 
 
+def test_a_model_no_search_registered_is_refused_with_one_line(tmp_path: Path, capsys) -> None:
+    """A model logged by hand into a shared registry says nothing of its classes and image
+    size: one line, not a KeyError's traceback."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run():
+        mlflow.tensorflow.log_model(build_model(TrialConfig(image_size=32), 2, 3), name="model",
+                                    registered_model_name="by_hand", pip_requirements=["keras"])
+    capsys.readouterr()
+    assert predict(["models:/by_hand/1", str(tmp_path), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: cannot load models:/by_hand/1: its metadata has no classes and no " \
+                  "image_size: it was not registered by a search (whose models carry them)", err
+
+
 def test_a_model_that_names_code_to_import_is_refused() -> None:
     assert "names 'os' as its Keras module" in unsafe({"tensorflow": {"keras_module": "os"}})
     assert "ships Python code" in unsafe({"tensorflow": {"code": "code"}})
