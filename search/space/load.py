@@ -52,8 +52,8 @@ def load_space(path: str | os.PathLike[str],
         raise SpaceError(f"{source}: more than {MAX_VALUES:,} values once its YAML aliases "
                          f"are expanded; a space holds a few hundred")
     if twice:
-        path, first, second = twice
-        raise reader.fail(path, f"given twice (lines {first} and {second}); YAML would keep "
+        key_path, first, second = twice
+        raise reader.fail(key_path, f"given twice (lines {first} and {second}); YAML would keep "
                                 f"the second and drop the first without a word: remove one")
     top = _overridden(reader.mapping(raw, "", {"name", "seed", "data", *SECTIONS, "search",
                                                 "baselines"}),
