@@ -63,15 +63,18 @@ def pretrained(constructor: Callable[..., Built], weights: str | None,
         return model
 
 
+def hdf5_problem(path: Path) -> str | None:
+    """What HDF5 says of `path` if it cannot open it (cut short, or not HDF5), else None."""
+    try:
+        h5py.File(path, "r").close()
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
 def _unreadable(folder: Path) -> list[Path]:
     """The HDF5 files (Keras' `.h5` weights) in `folder` that HDF5 cannot open."""
-    broken = []
-    for path in sorted(folder.glob("*.h5")):
-        try:
-            h5py.File(path, "r").close()
-        except OSError:
-            broken.append(path)
-    return broken
+    return [path for path in sorted(folder.glob("*.h5")) if hdf5_problem(path)]
 
 
 def _files(folder: Path) -> set[str]:

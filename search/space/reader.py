@@ -159,13 +159,11 @@ def _not_weights(file: Path) -> str | None:
     if name.endswith(".keras"):
         return None if zipfile.is_zipfile(file) else "a .keras file is a zip archive; not this"
     if name.endswith((".h5", ".hdf5")):
-        import h5py  # here: the CLI reads every space, few name a weights file
+        # here: the CLI reads every space, few name a weights file (h5py takes a while)
+        from trainables.weights import hdf5_problem
 
-        try:
-            h5py.File(file, "r").close()
-        except OSError as exc:
-            return f"HDF5 cannot open it ({exc})"
-        return None
+        problem = hdf5_problem(file)
+        return f"HDF5 cannot open it ({problem})" if problem else None
     if name.endswith(".weights.json"):
         return None
     return "expected a .keras, .weights.h5, .h5 or .weights.json file"
