@@ -27,9 +27,9 @@ def read_data(reader: Reader, raw: Any) -> DataSpec:
         if (not isinstance(classes, list) or len(classes) < 2
                 or not all(isinstance(c, str) and c for c in classes)):
             # YAML reads folder names 0 and 1 as numbers: say how to keep them names
-            quote = next((f" (folder names: quote {c!r} as \"{c}\")" for c in classes
-                          if isinstance(c, int | float) and not isinstance(c, bool)), "") \
-                if isinstance(classes, list) else ""
+            numbers = [c for c in classes if isinstance(c, int | float)
+                       and not isinstance(c, bool)] if isinstance(classes, list) else []
+            quote = f" (folder names: quote {numbers[0]!r} as \"{numbers[0]}\")" if numbers else ""
             raise reader.fail("data.classes", f"expected a list of two or more class names, "
                               f"got {classes!r}{quote}")
         if len(set(classes)) != len(classes):
