@@ -7,7 +7,7 @@ import socket
 
 
 class ClusterError(Exception):
-    """No Ray cluster answers at the address given."""
+    """No Ray cluster answers at the address given, or a Ray cannot start on this machine."""
 
 
 RAY_CLIENT_PORT = 10001  # where a ray:// address without a port connects

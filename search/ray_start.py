@@ -45,8 +45,12 @@ def _start(address: str | None) -> None:
     check_address(address)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    except ConnectionError as exc:  # `auto` with no cluster running, say
-        raise ClusterError(f"Ray at --address {address}: {first_line(exc)}") from None
+    except Exception as exc:  # Ray's errors share no type: a ConnectionError for `auto` with
+        # no cluster running; a local start's OSError (its temporary folder), or its
+        # plain Exception when its processes did not come up in time
+        where = f"Ray at --address {address}" if address else \
+            "Ray could not start on this machine"
+        raise ClusterError(f"{where}: {first_line(exc)}") from None
 
 
 def check_fits(resources: TrialResources, where: str) -> None:

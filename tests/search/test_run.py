@@ -115,6 +115,22 @@ def test_a_ray_address_nothing_answers_at_exits_2_with_one_line(tiny_space_file,
     assert not (tmp_path / "ray").exists()
 
 
+def test_a_ray_that_cannot_start_here_exits_2_with_one_line(tiny_space_file,
+                                                            tmp_path: Path) -> None:
+    """Ray's temporary folder below a file (for a user: a full or read-only /tmp): Ray's
+    traceback, now one line with the reason."""
+    (tmp_path / "file").write_text("")
+    done = subprocess.run([sys.executable, "-m", "search.run", str(tiny_space_file()),
+                           "--storage-path", str(tmp_path / "ray")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RAY_TMPDIR": str(tmp_path / "file" / "ray")})
+    assert done.returncode == 2, done.stderr[-3000:]
+    line, = done.stderr.strip().splitlines()
+    assert line == (f"error: Ray could not start on this machine: [Errno 20] Not a directory: "
+                    f"'{tmp_path / 'file' / 'ray'}'")
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_a_trial_no_node_here_can_run_exits_2_with_one_line(tiny_space_file,
                                                             tmp_path: Path) -> None:
     # Tune would wait forever for a GPU this machine does not have
