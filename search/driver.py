@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from search.checkpoints import kept_checkpoint
-from search.console import LOG_FILE, say, to_log
+from search.console import LOG_FILE, first_line, say, to_log
 from search.folder import ResumeError, SearchFolder, StoppedBeforeSearch
 from search.parent_run import open_parent_run, record_results
 from search.prepare import prepare_data
@@ -26,7 +26,7 @@ from search.ray_start import init_ray
 from search.registration import Register, evaluate_and_register
 from search.results import all_failed, best_trial, records_from_grid, results_table
 from search.searcher import fail_orphans, pruned_trial_ids, unbuildable_draws
-from search.server import check_server
+from search.server import TrackingError, check_server
 from search.space import Space, changes, describe
 from search.summary import Outcome
 from search.tracking import STOPPED, mend_trial_runs, open_store
@@ -132,6 +132,12 @@ def _new_folder(client: MlflowClient, storage: Path, space: Space, listing: List
     folder = SearchFolder.create(storage, space.name, describe(space))
     try:
         folder.parent_run_id = open_parent_run(client, space, listing, folder.path)
+    except (MlflowException, OSError, ImportError) as exc:
+        # MLflow's errors; its artifact store's: a folder it cannot write, a client library
+        # (boto3 for s3://) not installed. Nothing ran: no --resume to advise
+        shutil.rmtree(folder.path)
+        raise TrackingError(f"MLflow cannot record the search in experiment '{space.name}' "
+                            f"at {tracking_uri}: {first_line(exc)}") from None
     except BaseException:
         shutil.rmtree(folder.path)  # nothing half-made left behind
         raise

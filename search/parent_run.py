@@ -5,11 +5,13 @@ by how they ended, the best accuracy, Optuna's importances and views). The child
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
 import optuna
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from search.evaluation import curves_figure
@@ -33,8 +35,13 @@ def open_parent_run(client: MlflowClient, space: Space, listing: Listing, folder
         "cpu_per_trial": s.resources.cpu, "gpu_per_trial": s.resources.gpu,
         "classes": ",".join(listing.classes),
     })
-    client.log_artifact(parent, str(space.source))
-    client.set_tag(parent, SEARCH_FOLDER, str(folder))
+    try:
+        client.log_artifact(parent, str(space.source))
+        client.set_tag(parent, SEARCH_FOLDER, str(folder))
+    except BaseException:
+        with contextlib.suppress(MlflowException):  # the store may be what failed
+            client.delete_run(parent)  # no run left of a search that did not begin
+        raise
     return parent
 
 

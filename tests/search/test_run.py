@@ -68,6 +68,27 @@ def test_a_folder_it_cannot_write_exits_2_with_one_line(tmp_path: Path, capsys,
     assert not (tmp_path / "r").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_an_experiment_whose_artifacts_cannot_be_written_exits_2_with_one_line(
+        tiny_space_file, tmp_path: Path, capsys, monkeypatch) -> None:
+    """The space's experiment keeps its artifacts where nothing can be written (for a user:
+    a colleague's folder on a shared store; here, below a file): the first artifact of the
+    parent run failed with MLflow's traceback, and the run stayed RUNNING. One line; no run,
+    no search folder left."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = MlflowClient(uri).create_experiment(
+        "tiny", artifact_location=str(tmp_path / "file" / "artifacts"))
+    assert main([str(tiny_space_file()), "--tracking-uri", uri, "--storage-path", "r"]) == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line == (f"error: MLflow cannot record the search in experiment 'tiny' at {uri}: "
+                    f"[Errno 20] Not a directory: '{tmp_path / 'file' / 'artifacts'}'")
+    assert not MlflowClient(uri).search_runs([experiment])  # deleted runs are not listed
+    assert not list((tmp_path / "r").iterdir())
+
+
 def test_a_storage_path_that_is_a_uri_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:
     """`--storage-path s3://bucket/x` made a local folder `./s3:/bucket/x` and said nothing."""
     monkeypatch.chdir(tmp_path)
