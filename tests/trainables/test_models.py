@@ -117,9 +117,11 @@ def test_mixed_precision_computes_in_it_and_keeps_float32_weights_and_output() -
 
 @pytest.mark.parametrize("precision, itemsize", [("float32", 4), ("mixed_bfloat16", 2)])
 def test_features_are_cached_in_the_dtype_the_frozen_part_computes_in(
-        tmp_path: Path, precision: str, itemsize: int) -> None:
+        tmp_path: Path, precision: str, itemsize: int, monkeypatch) -> None:
     """A bfloat16 frozen part's features are cached as bfloat16: half of float32's space,
-    read back from the memory-mapped file as the part computed them."""
+    read back from the memory-mapped file as the part computed them. The file is written a
+    chunk at a time (two here), as NumPy would have saved the whole."""
+    monkeypatch.setattr("trainables.features.CHUNK", 4)
     config = TrialConfig(image_size=32, backbone="vgg16", backbone_weights="none",
                          precision=precision)
     frozen = frozen_part(config, 3)
