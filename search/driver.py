@@ -129,17 +129,20 @@ def _search(space: Space, listing: Listing, options: Options, folder: SearchFold
 def _new_folder(client: MlflowClient, storage: Path, space: Space, listing: Listing,
                 tracking_uri: str) -> SearchFolder:
     """Make and lock a new search's folder, open its parent run, and write its index."""
+    made = not storage.exists()
     folder = SearchFolder.create(storage, space.name, describe(space))
     try:
         folder.parent_run_id = open_parent_run(client, space, listing, folder.path)
-    except (MlflowException, OSError, ImportError) as exc:
-        # MLflow's errors; its artifact store's: a folder it cannot write, a client library
-        # (boto3 for s3://) not installed. Nothing ran: no --resume to advise
-        shutil.rmtree(folder.path)
-        raise TrackingError(f"MLflow cannot record the search in experiment '{space.name}' "
-                            f"at {tracking_uri}: {first_line(exc)}") from None
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(folder.path)  # nothing half-made left behind
+        if made:
+            with contextlib.suppress(OSError):  # unless another search put something there
+                storage.rmdir()
+        if isinstance(exc, MlflowException | OSError | ImportError):
+            # MLflow's errors; its artifact store's: a folder it cannot write, a client
+            # library (boto3 for s3://) not installed. Nothing ran: no --resume to advise
+            raise TrackingError(f"MLflow cannot record the search in experiment "
+                                f"'{space.name}' at {tracking_uri}: {first_line(exc)}") from None
         raise
     folder.tracking_uri = tracking_uri
     folder.save()

@@ -73,7 +73,7 @@ def test_an_experiment_whose_artifacts_cannot_be_written_exits_2_with_one_line(
     """The space's experiment keeps its artifacts where nothing can be written (for a user:
     a colleague's folder on a shared store; here, below a file): the first artifact of the
     parent run failed with MLflow's traceback, and the run stayed RUNNING. One line; no run,
-    no search folder left."""
+    no folder left."""
     from mlflow.tracking import MlflowClient
 
     monkeypatch.chdir(tmp_path)
@@ -86,7 +86,7 @@ def test_an_experiment_whose_artifacts_cannot_be_written_exits_2_with_one_line(
     assert line == (f"error: MLflow cannot record the search in experiment 'tiny' at {uri}: "
                     f"[Errno 20] Not a directory: '{tmp_path / 'file' / 'artifacts'}'")
     assert not MlflowClient(uri).search_runs([experiment])  # deleted runs are not listed
-    assert not list((tmp_path / "r").iterdir())
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_storage_path_that_is_a_uri_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:
