@@ -28,7 +28,7 @@ from trainables.images import Arrays, locked, write_atomic
 
 # images run through the frozen part per call, and per step on a CPU: measured on VGG16 less
 # its last block (2026-12-04, 400 images at 224 px), 256 and 32 took a worker's memory 1.6 GB
-# above where it was, 64 and 8 0.5 GB, as fast (its first activations are 12.8 MB an image,
+# above where it was, 64 and 8 0.4 GB, as fast (its first activations are 12.8 MB an image,
 # two of them alive at once). A GPU's memory holds a step's activations: 32 images a step.
 CHUNK = 64
 CPU_BATCH, GPU_BATCH = 8, 32
