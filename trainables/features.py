@@ -17,14 +17,14 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from trainables.config import TrialConfig
-from trainables.images import Arrays, locked, write_atomic
+from trainables.images import Arrays, locked, save_rows, write_atomic
 
 # images run through the frozen part per call, and per step on a CPU: measured on VGG16 less
 # its last block (2026-12-04, 400 images at 224 px), 256 and 32 took a worker's memory 1.6 GB
@@ -60,7 +60,9 @@ def features(frozen: keras.Model, arrays: Arrays, key: str) -> Arrays:
     if not path.exists():
         with locked(path.with_suffix(".lock")):
             if not path.exists():  # another trial may have written it while we waited
-                write_atomic(path, lambda f: _save(frozen, arrays.images, f))
+                write_atomic(path, lambda f: save_rows(
+                    f, _dtype(frozen), (len(arrays.images), *frozen.output_shape[1:]),
+                    _computed(frozen, arrays.images)))
     # NumPy writes bfloat16 (not a NumPy type) as 2-byte records: read back as what they are
     return _with(arrays, np.load(path, mmap_mode="r").view(_dtype(frozen)))
 
@@ -80,18 +82,6 @@ def _computed(frozen: keras.Model, images: np.ndarray) -> Iterator[np.ndarray]:
     for start in range(0, len(images), CHUNK):
         batch = np.asarray(images[start:start + CHUNK], dtype=np.float32)
         yield frozen.predict(batch, batch_size=size, verbose=0).astype(_dtype(frozen), copy=False)
-
-
-def _save(frozen: keras.Model, images: np.ndarray, file: BinaryIO) -> None:
-    """The features of `images` as an `.npy` file, written as each chunk is computed: never
-    all in memory, where a split's can take gigabytes (blood cells' training split through
-    VGG16 less its last block, 1.6 GB)."""
-    header = {"descr": np.lib.format.dtype_to_descr(_dtype(frozen)), "fortran_order": False,
-              "shape": (len(images), *frozen.output_shape[1:])}
-    np.lib.format.write_array_header_1_0(file, header)
-    for chunk in _computed(frozen, images):
-        # as bytes: a bfloat16 array (NumPy's extension type) has no buffer of its own
-        file.write(np.ascontiguousarray(chunk).view(np.uint8).data)
 
 
 def _with(arrays: Arrays, values: np.ndarray) -> Arrays:

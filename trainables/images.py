@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -99,6 +100,17 @@ def load_arrays(split: Split, size: int, color_mode: str,
 
 def _build(split: Split, size: int, color_mode: str, images_path: Path, meta_path: Path) -> None:
     channels = 1 if color_mode == "grayscale" else 3
+    kept: list[int] = []
+    skipped: list[str] = []
+
+    def rows(decoded: Iterator[Decoded]) -> Iterator[np.ndarray]:
+        for index, array in enumerate(decoded):
+            if array is None:
+                skipped.append(split.files[index])
+            else:
+                kept.append(index)
+                yield array[None]
+
     # threads, as PIL frees the GIL
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, \
             warnings.catch_warnings():
@@ -106,21 +118,12 @@ def _build(split: Split, size: int, color_mode: str, images_path: Path, meta_pat
         # other, without a warning on the terminal; over twice that, Pillow refuses it
         # (DecompressionBombError) and it is skipped as unreadable
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        # each image copied into place as it comes, at most DECODED_AHEAD held beside: the
-        # split once in memory, not twice (a row skipped leaves the memory of the last
-        # untouched)
-        images = np.zeros((len(split.files), size, size, channels), dtype=np.uint8)
-        kept: list[int] = []
-        skipped: list[str] = []
-        for index, array in enumerate(_in_order(pool, lambda f: decode(f, size, color_mode),
-                                                split.files)):
-            if array is None:
-                skipped.append(split.files[index])
-            else:
-                images[len(kept)] = array
-                kept.append(index)
+        # each image written to the file as it comes, at most DECODED_AHEAD held beside: the
+        # split is never in memory (blood cells' 11,700 images at 150 px are 790 MB)
+        decoded = _in_order(pool, lambda f: decode(f, size, color_mode), split.files)
+        write_atomic(images_path, lambda f: save_rows(
+            f, np.dtype(np.uint8), (len(split.files), size, size, channels), rows(decoded)))
     meta = {"labels": split.labels[kept].tolist(), "skipped": skipped}
-    write_atomic(images_path, lambda f: np.save(f, images[:len(kept)]))
     write_atomic(meta_path, lambda f: f.write(json.dumps(meta).encode()))
 
 
@@ -135,6 +138,29 @@ def _in_order(pool: ThreadPoolExecutor, work: Callable[[str], Decoded],
             yield running.popleft().result()
     while running:
         yield running.popleft().result()
+
+
+def save_rows(file: BinaryIO, dtype: np.dtype[Any], shape: tuple[int, ...],
+              chunks: Iterator[np.ndarray]) -> None:
+    """An `.npy` file of at most `shape[0]` rows written to `file` as `chunks` come, never
+    all in memory: the file `np.save` would write of their concatenation.
+
+    Fewer rows than `shape[0]` (images that could not be read) rewrite the header in place
+    at the end: NumPy pads it so that the first axis's length can change without moving it.
+    """
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": shape}
+    np.lib.format.write_array_header_1_0(file, header)
+    rows = 0
+    for chunk in chunks:
+        # as bytes: a bfloat16 array (NumPy's extension type) has no buffer of its own
+        file.write(np.ascontiguousarray(chunk).view(np.uint8).data)
+        rows += len(chunk)
+    if rows != shape[0]:
+        end = file.tell()
+        file.seek(0)
+        np.lib.format.write_array_header_1_0(file, {**header, "shape": (rows, *shape[1:])})
+        file.seek(end)
 
 
 def write_atomic(path: Path, write: object) -> None:
