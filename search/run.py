@@ -38,7 +38,13 @@ def storage_folder(text: str) -> Path:
         raise argparse.ArgumentTypeError(
             f"{text} is a URI; the search's folder is read and written as files: pass a local "
             f"folder, or on a cluster a shared one mounted on every node (/mnt/shared/...)")
-    return Path(text)
+    path = Path(text)
+    # checked before anything is made (the tracking store, Ray): a file there was found only
+    # once the search's folder was made, as "File exists", with mlflow.db already written
+    below = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not below.is_dir():
+        raise argparse.ArgumentTypeError(f"{below} is a file, not a folder: pass a folder")
+    return path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

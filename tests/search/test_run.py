@@ -99,6 +99,20 @@ def test_a_storage_path_that_is_a_uri_is_refused(tmp_path: Path, capsys, monkeyp
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("storage", ["taken", "taken/below"])
+def test_a_storage_path_at_or_below_a_file_is_refused_before_anything_is_made(
+        tmp_path: Path, capsys, monkeypatch, storage: str) -> None:
+    """It said "File exists" once the search's folder was made, mlflow.db already written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(SystemExit) as stop:
+        main([str(SPACES / "digits.yaml"), "--storage-path", storage])
+    assert stop.value.code == 2
+    assert (f"--storage-path: {tmp_path / 'taken'} is a file, not a folder"
+            in capsys.readouterr().err)
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]
+
+
 def test_a_full_disk_under_the_cache_is_one_line_and_leaves_no_part(tmp_path: Path) -> None:
     """Decoding into a cache on a disk that fills (files capped at 64 KB: numpy's write of
     the train split comes up short, an error with no file name or reason of the OS's): one
