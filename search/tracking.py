@@ -45,7 +45,15 @@ def open_store(uri: str) -> MlflowClient:
     """A client of the tracking store at `uri`, the store made now if it is new (SQLite). A
     URI MLflow cannot use (a scheme it does not know, a database whose driver is not
     installed, a file store, which MLflow 3 no longer writes) is a `TrackingError`, before
-    the search starts anything."""
+    the search starts anything.
+
+    MLflow's usage telemetry is turned off unless the user set `MLFLOW_DISABLE_TELEMETRY`:
+    on its first event MLflow fetches a config from its servers in a thread, and where that
+    fails (a cluster without internet) or declines, the thread removes an environment
+    variable while this process's HTTP client may be reading the environment (requests'
+    proxy lookup): that request failed with KeyError '_MLFLOW_TELEMETRY_SESSION_ID', and a
+    search with it. Nor should a search call out to the internet of its own accord."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         # MLflow's lines as it makes a new store
         with silenced(told=(Exception,)), _made_by_one(uri):

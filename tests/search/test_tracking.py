@@ -4,6 +4,8 @@ child run found by its id, and MLflow mended to hold what Ray holds."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -81,6 +83,34 @@ def test_the_parent_run_opens_in_the_spaces_experiment_once(client: MlflowClient
     assert runs[0].info.experiment_id == runs[1].info.experiment_id
     assert runs[0].data.params == {"seed": "0", "sampler": "tpe"}
     assert all(r.data.tags["kind"] == "search" for r in runs)
+
+
+FIRST_EVENT = """
+import sys, threading
+started = []
+start = threading.Thread.start
+threading.Thread.start = lambda thread: (started.append(thread.name), start(thread))[1]
+from search.tracking import open_store
+open_store(f"sqlite:///{sys.argv[1]}.db").create_experiment("x")  # MLflow's first event
+print(started)
+"""
+
+
+def test_mlflow_fetches_no_telemetry_config_unless_the_user_asks(tmp_path: Path) -> None:
+    """MLflow's telemetry thread, failing to reach its servers, removed an environment
+    variable while the driver's HTTP client read the environment: a request failed with
+    KeyError '_MLFLOW_TELEMETRY_SESSION_ID'. Run as a user runs it: MLflow turns its
+    telemetry off itself under pytest or a CI."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY")}
+
+    def started(store: str, extra: dict[str, str]) -> str:
+        return subprocess.run([sys.executable, "-c", FIRST_EVENT, store], cwd=tmp_path,
+                              check=True, env={**env, **extra}, capture_output=True,
+                              text=True).stdout
+
+    assert "GetTelemetryConfig" not in started("a", {})
+    assert "GetTelemetryConfig" in started("b", {"MLFLOW_DISABLE_TELEMETRY": "false"})  # asked
 
 
 OPEN_AT_ONCE = """
