@@ -31,6 +31,7 @@ from search.space import Space, changes, describe
 from search.summary import Outcome
 from search.tracking import STOPPED, mend_trial_runs, open_store
 from search.tuning import Trainable, run_parts
+from search.weights_check import check_weights_files
 from search.worker import run_trial
 from trainables.data import Listing
 from trainables.resources import freeze_imports
@@ -57,6 +58,7 @@ def run_search(space: Space, options: Options, trainable: Trainable = run_trial,
     freeze_imports()
     try:
         check_server(options.tracking_uri)
+        check_weights_files(space)
         listing = prepare_data(space)
         mlflow.set_tracking_uri(options.tracking_uri)
         # MLflow's client reads each run it ends back from the server only to print the

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from search.console import first_line
 from search.space import Fixed, Space, SpaceError, extreme_draw
+from search.weights_check import check_weights_files
 from trainables.data import DataError, list_images
 from trainables.models import build_model
 
@@ -15,8 +16,9 @@ from trainables.models import build_model
 def dry_run(space: Space) -> None:
     """Print what the space searches and what each trial gets on this machine, the images per
     split and class (or why there are none), and every baseline's parameter count. Builds
-    models without pretrained weights; a baseline too large to allocate is a
-    `SpaceError`."""
+    models without pretrained weights; a baseline too large to allocate, or a weights file
+    of another backbone, is a `SpaceError`."""
+    check_weights_files(space)
     searched = sorted(n for n, p in space.params.items() if not isinstance(p, Fixed))
     print(f"space {space.name} ({space.source}): searches {', '.join(searched) or 'nothing'}")
     cpus = os.cpu_count() or 1

@@ -394,6 +394,39 @@ def test_dry_run_of_a_baseline_too_large_to_allocate_is_one_line(tmp_path: Path,
     assert "\n" not in err
 
 
+def test_a_weights_file_of_another_backbone_exits_2_before_anything_starts(
+        tmp_path: Path, capsys) -> None:
+    """Each trial that drew it failed as it was built, once the data was decoded and Ray
+    had started; the search then said every trial failed, with Keras' list of layers."""
+    import keras
+
+    files = {}
+    for name, backbone in (("vgg", keras.applications.VGG16),
+                           ("mobilenet", keras.applications.MobileNetV2)):
+        files[name] = tmp_path / f"{name}.weights.h5"
+        backbone(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(
+            files[name])
+    space = tmp_path / "s.yaml"
+
+    def dry_run(weights: str) -> tuple[int, str]:
+        space.write_text(f"""name: w
+data: {{root: {tmp_path / 'none'}, classes: [a, b]}}
+model:
+  image_size: 32
+  backbone: {{type: choice, choices: [none, vgg16]}}
+  backbone_weights: {{type: choice, choices: [none, {files[weights]}]}}
+baselines:
+  frozen: {{backbone: vgg16, backbone_weights: {files[weights]}}}
+""")
+        return main([str(space), "--dry-run"]), capsys.readouterr().err.strip()
+
+    assert dry_run("vgg")[0] == 0
+    assert dry_run("mobilenet") == (2, (
+        f"error: {space}: model.backbone_weights: {files['mobilenet']} does not hold vgg16's "
+        f"weights: Layer 'block1_conv1' expected 2 variables, but received 1 variables during "
+        f"loading. Expected: ['kernel', 'bias']"))
+
+
 def test_a_class_whose_every_file_is_unreadable_exits_2_naming_it(tmp_path: Path, capsys,
                                                                   monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
