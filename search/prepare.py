@@ -58,6 +58,5 @@ def prepare_data(space: Space) -> Listing:
 
 
 def _reason(exc: OSError) -> str:
-    """What went wrong, in the OS's words; numpy's short write, which is how a full disk
-    shows when it saves an array, has none."""
-    return exc.strerror or f"{exc} (is the disk full?)"
+    """What went wrong, in the OS's words (a full disk: "No space left on device")."""
+    return exc.strerror or str(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import resource
@@ -114,9 +115,11 @@ def test_a_storage_path_at_or_below_a_file_is_refused_before_anything_is_made(
 
 
 def test_a_full_disk_under_the_cache_is_one_line_and_leaves_no_part(tmp_path: Path) -> None:
-    """Decoding into a cache on a disk that fills (files capped at 64 KB: numpy's write of
-    the train split comes up short, an error with no file name or reason of the OS's): one
-    line that names the cache and what to change, and no part of an array left there."""
+    """Decoding into a cache on a disk that fills (files capped at 64 KB, so the write of
+    the train split fails as a full disk's would, in the OS's words): one line that names
+    the cache and what to change, and no part of an array left there. (numpy's `np.save`,
+    which wrote the whole array at the end until 2026-12-05, came up short with no reason
+    of the OS's.)"""
     space, cache = tmp_path / "digits.yaml", tmp_path / "cache"
     space.write_text((SPACES / "digits.yaml").read_text().replace(
         "  root: data/digits\n", f"  root: {tmp_path / 'digits'}\n  cache_dir: {cache}\n"))
@@ -131,8 +134,9 @@ def test_a_full_disk_under_the_cache_is_one_line_and_leaves_no_part(tmp_path: Pa
         signal.signal(signal.SIGXFSZ, ignored)
     assert str(error.value).startswith(f"cannot decode the train images into the cache: "
                                        f"{cache}: ")
-    assert str(error.value).endswith(" (is the disk full?); set data.cache_dir in the space, "
-                                     "or KERAS_SEARCH_CACHE, to a folder you can write to")
+    assert str(error.value).endswith(f": {os.strerror(errno.EFBIG)}; set data.cache_dir in "
+                                     f"the space, or KERAS_SEARCH_CACHE, to a folder you can "
+                                     f"write to")
     assert not [p for p in cache.rglob("*") if p.suffix in {".npy", ".json"} or
                 p.name.startswith(".")]
 
