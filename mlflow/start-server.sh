@@ -41,6 +41,9 @@ fi
 # MLflow 3's job runner (GenAI evaluations, trace rollups: this project uses neither) starts
 # seven consumer processes (about 1 GB) whose polling made each request here 80 ms, not 56
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
+# MLflow's usage telemetry off, as the search's driver has it (search/tracking.py): a server
+# on a cluster's head node calls out to no one unless you set it
+export MLFLOW_DISABLE_TELEMETRY="${MLFLOW_DISABLE_TELEMETRY:-true}"
 exec mlflow server \
   --backend-store-uri "${MLFLOW_BACKEND_URI:-sqlite:///$DB}" \
   --artifacts-destination "$ARTIFACTS" \
