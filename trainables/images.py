@@ -151,7 +151,7 @@ def save_rows(file: BinaryIO, dtype: np.dtype[Any], shape: tuple[int, ...],
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
               "shape": shape}
     np.lib.format.write_array_header_1_0(file, header)
-    rows = 0
+    start, rows = file.tell(), 0
     for chunk in chunks:
         # as bytes: a bfloat16 array (NumPy's extension type) has no buffer of its own
         file.write(np.ascontiguousarray(chunk).view(np.uint8).data)
@@ -160,6 +160,7 @@ def save_rows(file: BinaryIO, dtype: np.dtype[Any], shape: tuple[int, ...],
         end = file.tell()
         file.seek(0)
         np.lib.format.write_array_header_1_0(file, {**header, "shape": (rows, *shape[1:])})
+        assert file.tell() == start  # the same length, or it would have overwritten rows
         file.seek(end)
 
 
