@@ -41,8 +41,12 @@ def storage_folder(text: str) -> Path:
     path = Path(text)
     # checked before anything is made (the tracking store, Ray): a file there was found only
     # once the search's folder was made, as "File exists", with mlflow.db already written
-    below = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
-    if not below.is_dir():
+    try:
+        below = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+        is_file = not below.is_dir()
+    except OSError as exc:  # a name too long, a folder above it we may not look into
+        raise argparse.ArgumentTypeError(f"{text}: {exc.strerror}") from None
+    if is_file:
         raise argparse.ArgumentTypeError(f"{below} is a file, not a folder: pass a folder")
     return path
 

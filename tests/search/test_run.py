@@ -114,6 +114,19 @@ def test_a_storage_path_at_or_below_a_file_is_refused_before_anything_is_made(
     assert [p.name for p in tmp_path.iterdir()] == ["taken"]
 
 
+def test_a_storage_path_the_system_cannot_look_at_is_one_line(tmp_path: Path, capsys,
+                                                              monkeypatch) -> None:
+    """A name too long (or a folder above it that may not be looked into) was a traceback."""
+    monkeypatch.chdir(tmp_path)
+    storage = "a" * 300 + "/x"
+    with pytest.raises(SystemExit) as stop:
+        main([str(SPACES / "digits.yaml"), "--storage-path", storage])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--storage-path: {storage}: {os.strerror(errno.ENAMETOOLONG)}" in err
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_full_disk_under_the_cache_is_one_line_and_leaves_no_part(tmp_path: Path) -> None:
     """Decoding into a cache on a disk that fills (files capped at 64 KB, so the write of
     the train split fails as a full disk's would, in the OS's words): one line that names
