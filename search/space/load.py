@@ -43,6 +43,8 @@ def load_space(path: str | os.PathLike[str],
         raise SpaceError(f"{source}: no such space file") from None
     except IsADirectoryError:
         raise SpaceError(f"{source}: a folder, not a space file") from None
+    except OSError as exc:  # no permission to read it, a name too long: was a traceback
+        raise SpaceError(f"{source}: cannot be read: {exc.strerror or exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SpaceError(f"{source}: not valid YAML: {exc}") from None
     if raw is None:

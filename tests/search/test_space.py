@@ -164,6 +164,9 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_space(tmp_path / "nope.yaml")
     with pytest.raises(SpaceError, match=f"^{tmp_path}: a folder, not a space file$"):
         load_space(tmp_path)
+    too_long = tmp_path / ("a" * 300 + ".yaml")  # as a file it cannot read: was a traceback
+    with pytest.raises(SpaceError, match="^.*a.yaml: cannot be read: File name too long$"):
+        load_space(too_long)
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing yet\n")
     with pytest.raises(SpaceError, match=f"^{empty}: empty; a space file holds at least "):
