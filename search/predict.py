@@ -30,6 +30,9 @@ from trainables.images import decode
 
 KERAS_MODULES = ("tensorflow.keras", "keras")  # what MLflow's TensorFlow flavour writes
 PICKLE = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+# photos decoded and classified at a time: all at once held six times their decoded size
+# (decoded, stacked, and as float32) and printed nothing until the last was decoded
+BATCH = 256
 
 
 def image_files(targets: list[str]) -> tuple[list[Path], list[str]]:
@@ -122,23 +125,32 @@ def main(argv: list[str] | None = None) -> int:
     paths, unread = image_files(args.images)
     for line in unread:
         print(f"{line}, skipped", file=sys.stderr)
-    files, pixels, failures = [], [], len(unread)
+    failures = len(unread)
+    for start in range(0, len(paths), BATCH):
+        failures += _classify(model, paths[start:start + BATCH], classes, size,
+                              meta.get("color_mode", "rgb"))
+    return 1 if failures else 0
+
+
+def _classify(model: Any, paths: list[Path], classes: list[str], size: int,
+              color_mode: str) -> int:
+    """Print each photo's class and probability (a line on stderr for one that cannot be
+    read); the count of those that could not."""
+    files, pixels = [], []
     for path in paths:
-        decoded = decode(str(path), size, meta.get("color_mode", "rgb"))
+        decoded = decode(str(path), size, color_mode)
         if decoded is None:
             why = "unreadable" if path.exists() else "no such file or folder"
             print(f"{shown(str(path))}: {why}, skipped", file=sys.stderr)
-            failures += 1
         else:
             files.append(path)
             pixels.append(decoded)
     if files:
-        assert model is not None
         outputs = model.predict(np.stack(pixels).astype(np.float32), verbose=0)
         probabilities = class_probabilities(outputs)
         for path, index, row in zip(files, predicted_classes(outputs), probabilities, strict=True):
             print(f"{shown(str(path))}\t{classes[index]}\t{float(row[index]):.3f}")
-    return 1 if failures else 0
+    return len(paths) - len(files)
 
 
 if __name__ == "__main__":

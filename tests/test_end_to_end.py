@@ -169,8 +169,9 @@ def test_report_reads_the_search_back_from_mlflow(finished_search, capsys) -> No
     assert "no experiment named 'nope'" in capsys.readouterr().err
 
 
-def test_registered_model_classifies_new_photos(finished_search, tmp_path: Path,
-                                                capsys) -> None:
+def test_registered_model_classifies_new_photos(finished_search, tmp_path: Path, capsys,
+                                                monkeypatch) -> None:
+    monkeypatch.setattr("search.predict.BATCH", 3)  # the photos in batches, a broken one among
     photos = tmp_path / "photos"
     write_class_folders(photos, 2, seed=9)
     (photos / "circle" / "broken.jpg").write_bytes(b"not an image")
