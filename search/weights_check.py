@@ -8,8 +8,8 @@ import re
 import warnings
 
 from search.console import first_line, silenced
-from search.space import Choice, Fixed, Space, SpaceError
-from search.space.params import choices
+from search.space import Space, SpaceError
+from search.space.space import weights_files
 from trainables.config import KEYS
 
 # a backbone's weights are the same at every input size: built at the smallest all accept
@@ -21,12 +21,9 @@ def check_weights_files(space: Space) -> None:
     a backbone it can be drawn with (the baselines lie in the space, so theirs are among
     them). Each pair is built once, with Keras, and only where a file is named; the loader
     allows a file with one backbone only."""
-    backbones, files = space.params["backbone"], space.params["backbone_weights"]
-    assert isinstance(backbones, Fixed | Choice) and isinstance(files, Fixed | Choice)  # loaded so
-    for backbone in choices(backbones):
-        for weights in choices(files):
-            if "none" in (backbone, weights) or weights == "imagenet":
-                continue
+    files, backbones = weights_files(space.params)
+    for backbone in backbones:
+        for weights in files:
             problem = _load_problem(backbone, weights)
             if problem:
                 raise SpaceError(f"{space.source}: {KEYS['backbone_weights'].section}."

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.space.params import Fixed, Param, contains, extremes
+from search.space.params import Choice, Fixed, Param, choices, contains, extremes
 from search.space.settings import SearchSettings
 from trainables.config import KEYS, TrialConfig, block_key_name
 from trainables.data import DataSpec
@@ -31,6 +31,15 @@ class Space:
     def baseline_points(self) -> list[dict[str, Any]]:
         """Each baseline as the searched (non-fixed) Optuna params that reproduce it."""
         return [searched_params(self, b) for b in self.baselines.values()]
+
+
+def weights_files(params: Mapping[str, Param]) -> tuple[list[str], list[str]]:
+    """The weights files the params can draw (not `none` or `imagenet`), and the backbones
+    (not `none`) they can be drawn with."""
+    weights, backbone = params["backbone_weights"], params["backbone"]
+    assert isinstance(weights, Fixed | Choice) and isinstance(backbone, Fixed | Choice)  # read so
+    return ([w for w in choices(weights) if w not in ("none", "imagenet")],
+            [b for b in choices(backbone) if b != "none"])
 
 
 def describe(space: Space) -> dict[str, str]:
