@@ -24,6 +24,7 @@ from search.sampling import DefineByRun, cannot_build
 from search.searcher import (
     EpochBudget,
     PruningOptunaSearch,
+    RanTrialsTPE,
     RecordingASHA,
     tpe_startup_trials,
 )
@@ -102,7 +103,7 @@ def _new_part(space: Space, folder: SearchFolder, trainable: Any, resources: Tri
     seed = space.seed + len(folder.parts) - 1  # an extension must not redraw the same points
     scheduler = RecordingASHA(s.asha, num_samples)
     startup = s.startup_trials or tpe_startup_trials(s.num_samples)
-    sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    sampler = (RanTrialsTPE(seed=seed, n_startup_trials=startup)
                if s.sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed))
     searcher = PruningOptunaSearch(
         scheduler, cannot_build, space=DefineByRun(space), sampler=sampler,

@@ -20,9 +20,11 @@ from search.searcher import (
     REDRAWS,
     UNBUILDABLE,
     PruningOptunaSearch,
+    RanTrialsTPE,
     RecordingASHA,
     fail_orphans,
     tpe_startup_trials,
+    unbuildable_draws,
 )
 from search.space import Asha, load_space
 
@@ -173,3 +175,26 @@ def test_after_redraws_in_a_row_the_last_draw_is_run_to_fail_in_its_trial() -> N
     assert searcher.suggest("a") is not None
     assert [t.state for t in searcher.study.trials] == [PRUNED] * REDRAWS + [RUNNING]
     assert searcher.study.trials[-1].user_attrs[RAY_TRIAL_ID] == "a"
+
+
+def test_tpe_starts_modelling_after_its_startup_count_of_trials_that_ran() -> None:
+    """Draws redrawn because their model cannot be built do not count toward TPE's random
+    start: the first four trials that run are the random sampler's draws, however many
+    were redrawn among them (Optuna's TPE counted those, and modelled after two)."""
+    def draws(sampler: optuna.samplers.BaseSampler) -> list[dict[str, Any]]:
+        searcher = PruningOptunaSearch(
+            RecordingASHA(Asha(max_epochs=EPOCHS, grace_period=1, reduction_factor=2), 8),
+            lambda config: "too high" if config["height"] > 0.4 else None,
+            space=curve_space, sampler=sampler)
+        configs = []
+        for i in range(4):
+            configs.append(searcher.suggest(f"t{i}"))
+            searcher.on_trial_complete(f"t{i}", {METRIC: configs[-1]["height"],
+                                                 "training_iteration": EPOCHS})
+        assert len(unbuildable_draws(searcher.study)) >= 2
+        return configs
+
+    assert draws(RanTrialsTPE(seed=0, n_startup_trials=4)) == draws(
+        optuna.samplers.RandomSampler(seed=0))
+    assert draws(optuna.samplers.TPESampler(seed=0, n_startup_trials=4)) != draws(
+        optuna.samplers.RandomSampler(seed=0))
