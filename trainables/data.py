@@ -172,7 +172,7 @@ def _carve(splits: dict[str, Split], spec: DataSpec, seed: int) -> dict[str, Spl
                  if isinstance(getattr(spec, n), float)]
     remaining = 1.0
     for name, fraction in fractions:
-        keep, carved = _stratified(train, fraction / remaining, seed, name)
+        keep, carved = _stratified(train, fraction, remaining, seed, name)
         splits[name] = carved
         train = keep
         remaining -= fraction
@@ -180,17 +180,23 @@ def _carve(splits: dict[str, Split], spec: DataSpec, seed: int) -> dict[str, Spl
     return splits
 
 
-def _stratified(split: Split, fraction: float, seed: int, name: str) -> tuple[Split, Split]:
+def _stratified(split: Split, fraction: float, remaining: float, seed: int, name: str
+                ) -> tuple[Split, Split]:
+    """`fraction` of all the images, out of `split`, which holds `remaining` of them."""
     # imported here: a trial's worker reads splits and never carves one (`search.worker`)
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(split.files))
     try:
-        keep, carved = train_test_split(idx, test_size=fraction, random_state=seed,
-                                        stratify=split.labels)
+        keep, carved = train_test_split(idx, test_size=fraction / remaining,
+                                        random_state=seed, stratify=split.labels)
     except ValueError as exc:
-        raise DataError(f"cannot carve a stratified {name} split of {fraction:.2f} from "
-                        f"{len(idx)} training images: {exc}") from None
+        # scikit-learn's reason speaks of its own `test_size`, the share of what is left
+        raise DataError(
+            f"data.{name}: {fraction:g} of the images cannot be carved from the {len(idx)} "
+            f"training images left, stratified by class ({exc}): each of the "
+            f"{len(np.unique(split.labels))} classes needs an image on both sides; give "
+            f"more images, another fraction, or a folder of its own") from None
 
     def take(rows: np.ndarray) -> Split:
         rows = np.sort(rows)

@@ -83,6 +83,17 @@ def test_class_missing_from_a_split(tmp_path: Path) -> None:
                          test=SplitSource(Path("test"))), seed=0)
 
 
+def test_a_fraction_too_small_for_every_class_names_the_key_and_its_value(tmp_path: Path
+                                                                        ) -> None:
+    """3 images of each of 3 classes: a test split of 0.25 takes 3 (one a class), and 0.25
+    of the 9 leaves a validation split of 2 of the 6 left, fewer than the classes."""
+    write_class_folders(tmp_path, 3)
+    with pytest.raises(DataError, match=r"^data\.validation: 0\.25 of the images cannot be "
+                                        r"carved from the 6 training images left, .*each of the "
+                                        r"3 classes needs an image on both sides"):
+        list_images(spec(tmp_path), seed=0)
+
+
 def test_decoded_once_cached_and_corrupt_files_skipped(image_tree: Path, tmp_path: Path) -> None:
     listing = list_images(spec(image_tree, validation=0.5, test=None), seed=0)
     train = listing.splits["train"]
