@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import tensorflow as tf
 
 from search.console import first_line
 from search.space import Fixed, Space, SpaceError, extreme_draw
+from search.space.params import Choice, choices, contains
 from search.weights_check import check_weights_files
 from trainables.data import DataError, list_images
 from trainables.models import build_model
@@ -25,6 +27,9 @@ def dry_run(space: Space) -> None:
     s = space.search
     print(f"trials: {s.num_samples}, {s.max_concurrent} at a time, each with "
           f"{s.trial_resources([float(cpus)])} on this machine ({cpus} CPUs)")
+    note = bfloat16_note(space, _cpu_flags())
+    if note:
+        print(note)
     deepest = extreme_draw(space, deepest=True)
     too_small = deepest.too_small() if deepest else None
     if too_small:
@@ -58,3 +63,26 @@ def dry_run(space: Space) -> None:
             raise SpaceError(f"{space.source}: baselines.{name}: the model does not fit in "
                              f"memory: {first_line(exc, 200)}") from None
         print(f"{name:<24}{model.count_params():>14,}")
+
+
+def bfloat16_note(space: Space, cpu_flags: set[str]) -> str | None:
+    """A note for a space that trains backbones in float32 on CPUs that compute bfloat16 on
+    AMX (`cpu_flags`, as Linux names them), where `mixed_bfloat16` is several times faster."""
+    backbone, precision = space.params["backbone"], space.params["precision"]
+    assert isinstance(backbone, Fixed | Choice)  # read so
+    if (all(b == "none" for b in choices(backbone)) or contains(precision, "mixed_bfloat16")
+            or space.search.resources.gpu or "amx_bf16" not in cpu_flags):
+        return None
+    return ("note: this machine's CPU computes bfloat16 on AMX: `train: {precision: "
+            "mixed_bfloat16}` trained a VGG16 epoch 5.3x faster than float32 on 2 such cores "
+            "(close to float32's numbers, not the same; README, \"Pretrained backbones\")")
+
+
+def _cpu_flags() -> set[str]:
+    """This machine's CPU flags (Linux; none elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags")
+            for flag in line.partition(":")[2].split()}

@@ -12,14 +12,16 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import HUGE, HUGE_SPACE, free_port, write_space
 
+from search.dry_run import bfloat16_note
 from search.prepare import prepare_data
 from search.run import main
-from search.space import load_space
+from search.space import Fixed, load_space
 from trainables.data import DataError
 
 SPACES = Path(__file__).parents[2] / "spaces"
@@ -321,6 +323,20 @@ def test_dry_run_without_data(name: str, tmp_path: Path, capsys, monkeypatch) ->
     assert ("draws such a trial's config again" in out) == (name == "cats_dogs")
 
 
+def test_a_backbone_space_in_float32_is_pointed_to_bfloat16_on_a_cpu_with_amx() -> None:
+    gemstones, digits = load_space(SPACES / "gemstones.yaml"), load_space(SPACES / "digits.yaml")
+    amx, older = {"avx512f", "amx_tile", "amx_bf16"}, {"avx512f", "avx512_bf16"}
+    assert "precision: mixed_bfloat16" in (bfloat16_note(gemstones, amx) or "")
+    assert bfloat16_note(gemstones, older) is None
+    assert bfloat16_note(digits, amx) is None  # no backbone
+    policy = Fixed("mixed_bfloat16")
+    bfloat16 = replace(gemstones, params={**gemstones.params, "precision": policy})
+    assert bfloat16_note(bfloat16, amx) is None
+    search = gemstones.search
+    on_gpu = replace(gemstones, search=replace(search, resources=replace(search.resources, gpu=1)))
+    assert bfloat16_note(on_gpu, amx) is None
+
+
 def test_a_dry_run_prints_no_line_of_tensorflows_own(tmp_path: Path) -> None:
     # its C++ log lines (I0000 ..., E0000 ... cuInit on a machine without a GPU) go past
     # Python: only a process of its own shows them
@@ -393,7 +409,6 @@ def test_overrides_are_checked_by_the_space_reader(tiny_space_file, args: list[s
 
 def test_a_shorter_search_lowers_the_grace_period(tiny_space_file) -> None:
     from search.run import overrides, parse_args
-    from search.space import load_space
 
     args = parse_args([str(tiny_space_file()), "--max-epochs", "1", "--seed", "7"])
     space = load_space(args.space, overrides(args))
