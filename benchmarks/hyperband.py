@@ -20,7 +20,7 @@ from search.trainable import load_trial_data
 from trainables.config import TrialConfig
 from trainables.data import Listing
 from trainables.models import build_model, compile_model
-from trainables.train import trial_datasets
+from trainables.train import training_dataset, validation_dataset
 
 
 class HyperParametersTrial:
@@ -71,8 +71,10 @@ class SpaceHyperModel(kt.HyperModel):
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any,
             **kwargs: Any) -> keras.callbacks.History:
         config = self.config(hp)
-        train, val = trial_datasets(config, load_trial_data(self.space, self.listing, config))
-        return model.fit(train, validation_data=val, steps_per_epoch=config.steps_per_epoch,
+        data = load_trial_data(self.space, self.listing, config)
+        return model.fit(training_dataset(config, data.train),
+                         validation_data=validation_dataset(config, data.validation),
+                         steps_per_epoch=config.steps_per_epoch,
                          verbose=0, shuffle=False, **kwargs)
 
 

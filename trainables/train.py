@@ -4,7 +4,10 @@ training changes, to checkpoint; the whole model when nothing is frozen).
 
 A trial with a frozen part whose images are not augmented trains its trained part on the
 frozen part's cached output (`trainables.features`); any other trains the whole model on
-pixels. Both give the same model: the frozen part runs in inference mode either way.
+pixels. Both give the same model: the frozen part runs in inference mode either way. One
+whose training images are augmented still validates its trained part on the cached output
+of the validation images, which are not augmented: the frozen part does not see them again
+every epoch.
 """
 
 from __future__ import annotations
@@ -84,19 +87,39 @@ class _ReportEachEpoch(keras.callbacks.Callback):
                     self.trained)
 
 
-def trial_datasets(config: TrialConfig, data: TrialData, *, augment_in_model: bool = False
-                   ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """The trial's training (shuffled, augmented unless the model augments,
-    `steps_per_epoch`) and validation pipelines."""
-    binary = config.head == "sigmoid"
-    train_ds = make_dataset(data.train.images, data.train.labels, config.batch_size,
-                            training=True, seed=config.seed, steps=config.steps_per_epoch,
-                            augment=None if augment_in_model else augmentation(config),
-                            binary=binary)
-    val_ds = make_dataset(data.validation.images, data.validation.labels, config.batch_size,
-                          training=False, seed=config.seed, steps=config.validation_steps,
-                          binary=binary)
-    return train_ds, val_ds
+class _ValidateOnFeatures(keras.callbacks.Callback):
+    """Puts the trained part's loss and accuracy on the validation images' cached features
+    into each epoch's logs, the numbers `fit`'s own validation of the whole model on pixels
+    would put there. Listed first, so the callbacks after it (early stopping, the report)
+    read them; `timers` time its steps as they time `fit`'s."""
+
+    def __init__(self, trained: keras.Model, validation: tf.data.Dataset,
+                 timers: list[keras.callbacks.Callback]):
+        super().__init__()
+        self.trained, self.validation, self.timers = trained, validation, timers
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        scores = self.trained.evaluate(self.validation, verbose=0, return_dict=True,
+                                       callbacks=self.timers)
+        if logs is not None:
+            logs.update({f"val_{name}": value for name, value in scores.items()})
+
+
+def training_dataset(config: TrialConfig, train: Arrays, *, augment_in_model: bool = False
+                     ) -> tf.data.Dataset:
+    """The trial's training pipeline: shuffled, augmented unless the model augments,
+    `steps_per_epoch` long."""
+    return make_dataset(train.images, train.labels, config.batch_size, training=True,
+                        seed=config.seed, steps=config.steps_per_epoch,
+                        augment=None if augment_in_model else augmentation(config),
+                        binary=config.head == "sigmoid")
+
+
+def validation_dataset(config: TrialConfig, validation: Arrays) -> tf.data.Dataset:
+    """The trial's validation pipeline: in order, `validation_steps` long."""
+    return make_dataset(validation.images, validation.labels, config.batch_size,
+                        training=False, seed=config.seed, steps=config.validation_steps,
+                        binary=config.head == "sigmoid")
 
 
 def train(config: TrialConfig, data: TrialData, report: Report, *, epochs: int,
@@ -122,10 +145,15 @@ def train(config: TrialConfig, data: TrialData, report: Report, *, epochs: int,
     augment = augmentation(config)
     if augment_in_model is None:
         augment_in_model = bool(tf.config.list_logical_devices("GPU"))
-    if feature_cache and parts.frozen is not None and augment is None:
+    validated_on: Arrays | None = None  # the validation images' features, where cached
+    if feature_cache and parts.frozen is not None:
         key = frozen_key(config, parts.frozen)
-        data = TrialData(features(parts.frozen, data.train, key),
-                         features(parts.frozen, data.validation, key), data.n_classes)
+        validated_on = features(parts.frozen, data.validation, key)
+        if augment is None:  # and the training images': the trained part alone trains
+            data = TrialData(features(parts.frozen, data.train, key), validated_on,
+                             data.n_classes)
+    on_features = validated_on is not None and augment is None
+    if on_features:
         model, trained_on = parts.trained, ON_FEATURES
     else:
         model, trained_on = join(parts), ON_PIXELS
@@ -133,13 +161,20 @@ def train(config: TrialConfig, data: TrialData, report: Report, *, epochs: int,
             model = augmented(model, augment)
         if model is not parts.trained:  # the whole model trains the trained part's weights
             compile_model(model, config, parts.trained.optimizer)
-    train_ds, val_ds = trial_datasets(config, data, augment_in_model=augment_in_model)
+    reporter = _ReportEachEpoch(report, parts.trained, trained_on)
     callbacks: list[keras.callbacks.Callback] = []
+    val_ds: tf.data.Dataset | None = None
+    if validated_on is not None and not on_features:  # trains on augmented pixels
+        callbacks.append(_ValidateOnFeatures(
+            parts.trained, validation_dataset(config, validated_on), [reporter]))
+    else:
+        val_ds = validation_dataset(config, data.validation)
     if config.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             "val_loss", patience=config.early_stopping_patience, restore_best_weights=True))
-    callbacks.append(_ReportEachEpoch(report, parts.trained, trained_on))
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+    callbacks.append(reporter)
+    model.fit(training_dataset(config, data.train, augment_in_model=augment_in_model),
+              validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
               steps_per_epoch=config.steps_per_epoch, callbacks=callbacks, verbose=0,
               shuffle=False)  # the tf.data pipeline shuffles
     return parts

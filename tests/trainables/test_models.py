@@ -285,6 +285,31 @@ def test_the_frozen_part_computed_once_trains_the_same_model(
     assert whole.count_params() == build_model(config, 3, 3).count_params()
 
 
+@pytest.mark.parametrize("trainable_layers", [0, 4])
+def test_an_augmented_trial_validates_on_the_cached_features_as_on_pixels(
+        trainable_layers: int) -> None:
+    """Its training images are augmented, so it trains on pixels; its validation images are
+    not, so it validates the trained part on their cached features: the same metrics, each
+    epoch, as validating the whole model on pixels, and early stopping reads them."""
+    config = TrialConfig(image_size=32, backbone="vgg16", backbone_weights="none",
+                         backbone_trainable_layers=trainable_layers, dense_units=(16,),
+                         batch_size=8, learning_rate=1e-3, augment=True, rotation=10.0,
+                         horizontal_flip=True, early_stopping_patience=1)
+    runs = {}
+    for feature_cache in (True, False):
+        reports: list[dict] = []
+        train(config, tiny_photos(), lambda m, _, r=reports: r.append(m), epochs=3,
+              feature_cache=feature_cache)
+        runs[feature_cache] = reports
+    assert len(runs[True]) == len(runs[False]) >= 2
+    for a, b in zip(runs[True], runs[False], strict=True):
+        assert a["trained_on"] == b["trained_on"] == "pixels"
+        for name in ("loss", "accuracy", "val_accuracy"):
+            assert a[name] == pytest.approx(b[name], abs=1e-6), name
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+        assert a["step_s"] > 0
+
+
 def test_a_checkpoint_holds_the_trained_part_only(tmp_path: Path) -> None:
     """The frozen VGG16 of report 5's model 2 is not in its checkpoint: the head and its
     optimizer state are."""
