@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from search.console import first_line
 from search.space import Fixed, Space, SpaceError, extreme_draw
-from search.space.params import Choice, choices, contains
+from search.space.params import contains
+from search.space.space import weights_files
 from search.weights_check import check_weights_files
 from trainables.data import DataError, list_images
 from trainables.models import build_model
@@ -68,9 +69,8 @@ def dry_run(space: Space) -> None:
 def bfloat16_note(space: Space, cpu_flags: set[str]) -> str | None:
     """A note for a space that trains backbones in float32 on CPUs that compute bfloat16 on
     AMX (`cpu_flags`, as Linux names them), where `mixed_bfloat16` is several times faster."""
-    backbone, precision = space.params["backbone"], space.params["precision"]
-    assert isinstance(backbone, Fixed | Choice)  # read so
-    if (all(b == "none" for b in choices(backbone)) or contains(precision, "mixed_bfloat16")
+    _, backbones = weights_files(space.params)
+    if (not backbones or contains(space.params["precision"], "mixed_bfloat16")
             or space.search.resources.gpu or "amx_bf16" not in cpu_flags):
         return None
     return ("note: this machine's CPU computes bfloat16 on AMX: `train: {precision: "
