@@ -20,8 +20,8 @@ import optuna
 
 from search.folder import DriverJournal, DriverStorage
 from search.sampling import DefineByRun
-from search.searcher import RanTrialsTPE
 from search.space import load_space
+from search.tpe import RanTrialsTPE
 
 RUNGS = (1, 1, 1, 3, 3, 9)  # ASHA with grace 1 and factor 3 stops most at 1 and 3
 

@@ -24,12 +24,11 @@ from search.sampling import DefineByRun, cannot_build
 from search.searcher import (
     EpochBudget,
     PruningOptunaSearch,
-    RanTrialsTPE,
     RecordingASHA,
-    tpe_startup_trials,
 )
 from search.snapshots import SnapshotKeeper, TrialResultLogger, mend
 from search.space import Space, TrialResources
+from search.tpe import RanTrialsTPE, tpe_startup_trials
 from search.trial_logger import TrialRunLogger
 from trainables.data import Listing
 

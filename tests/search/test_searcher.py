@@ -20,13 +20,12 @@ from search.searcher import (
     REDRAWS,
     UNBUILDABLE,
     PruningOptunaSearch,
-    RanTrialsTPE,
     RecordingASHA,
     fail_orphans,
-    tpe_startup_trials,
     unbuildable_draws,
 )
 from search.space import Asha, load_space
+from search.tpe import RanTrialsTPE, tpe_startup_trials
 
 EPOCHS = 6
 SPACES = Path(__file__).parents[2] / "spaces"
