@@ -43,6 +43,21 @@ class Asha:
         where the config sets none)."""
         return self.epochs_for(config.get("epochs", self.max_epochs))
 
+    def epochs_left(self, planned: int, epoch: int = 0) -> float:
+        """Epochs a trial of `planned` epochs, at `epoch` and still running, can be expected
+        to run yet, ASHA keeping one in `reduction_factor` of the trials at each rung it has
+        to pass (rungs at `grace_period` times powers of the factor, as Ray's)."""
+        bounds, rung = [], float(self.grace_period)
+        while rung < planned:
+            if rung > epoch:
+                bounds.append(rung)
+            rung *= self.reduction_factor
+        left, chance, at = 0.0, 1.0, float(epoch)
+        for bound in [*bounds, planned]:
+            left, chance, at = left + chance * max(0.0, bound - at), \
+                chance / self.reduction_factor, bound
+        return left
+
 
 @dataclass(frozen=True)
 class SearchSettings:

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from search.space import (
+    Asha,
     Choice,
     Fixed,
     FloatRange,
@@ -249,6 +250,19 @@ def test_the_extreme_draws_are_the_conv_stacks_that_shrink_images_most_and_least
                                        "model.conv_padding": "same"}))
     deepest = extreme_draw(same, deepest=True)
     assert deepest is not None and deepest.too_small() is None  # 8 -> 4 -> 2 -> 1
+
+
+@pytest.mark.parametrize("asha, planned, epoch, expected", [
+    (Asha(9, 1, 3), 9, 0, 1 + 2 / 3 + 6 / 9),  # rungs at 1 and 3; 9 is the end, no rung
+    (Asha(9, 1, 3), 9, 1, 2 + 6 / 3),  # kept at 1: sure to reach 3
+    (Asha(9, 1, 3), 9, 8, 1.0),
+    (Asha(9, 1, 3), 5, 0, 1 + 2 / 3 + 2 / 9),  # a trial of fewer epochs than ASHA's most
+    (Asha(9, 1, 3), 1, 0, 1.0),
+    (Asha(50, 5, 3), 50, 0, 5 + 10 / 3 + 30 / 9 + 5 / 27),
+])
+def test_asha_is_expected_to_let_one_trial_in_its_factor_past_each_rung(
+        asha: Asha, planned: int, epoch: int, expected: float) -> None:
+    assert asha.epochs_left(planned, epoch) == pytest.approx(expected)
 
 
 def test_contains() -> None:

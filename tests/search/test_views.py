@@ -5,20 +5,25 @@ from __future__ import annotations
 import optuna
 
 from search.progress import Progress
+from search.space import Asha
 from search.study_views import LEGEND_MAX, param_importances, study_figures
 
 
 def test_progress_line_counts_trials_and_estimates_the_rest() -> None:
-    p = Progress(total=8, started=100.0)
+    """ASHA's rung at 1 of 2 epochs keeps one trial in 2: a trial runs 1.5 epochs, as
+    expected; 3 epochs in 60 s, 2 trials at a time, say 20 s an epoch: the 6 trials left
+    take 9 epochs, 3 minutes."""
+    p = Progress(total=8, started=100.0, asha=Asha(max_epochs=2, grace_period=1,
+                                                  reduction_factor=2))
     for t in ("a", "b"):
-        p.start(t)
+        p.start(t, planned=2, now=100.0)
     assert "0/8 trials done" in p.line(110.0) and "estimating time left" in p.line(110.0)
-    p.result("a", 0.5)
-    p.result("b", 0.75)
-    p.result("a", 0.6)
-    p.end("a", "stopped", now=150.0)
+    p.result("a", 0.5, epoch=1, now=130.0)
+    p.end("a", "stopped", now=130.0)
+    p.result("b", 0.75, epoch=1, now=140.0)
+    p.result("b", 0.6, epoch=2, now=160.0)
     p.end("b", "completed", now=160.0)
-    line = p.line(160.0)  # 60 s for 2 trials: 6 left take ~3 minutes
+    line = p.line(160.0)
     assert line.startswith("[1:00] 2/8 trials done (1 completed, 1 stopped early, 0 failed)")
     assert "0 running" in line and "best val_accuracy 0.7500 (b)" in line
     assert "~3:00 left" in line
@@ -27,36 +32,57 @@ def test_progress_line_counts_trials_and_estimates_the_rest() -> None:
     assert p.line(3700.0).startswith("[1:00:00] 8/8 trials done") and p.line(0).endswith("done")
 
 
-def test_the_estimate_counts_down_between_two_trials_ends() -> None:
-    """2 of 8 trials done in 60 s say 3 minutes left; 30 s later, with no trial ended since,
-    2:30 are left, where the pace measured then (90 s for 2) said 4:30."""
-    p = Progress(total=8, started=0.0)
-    for t in "abc":
-        p.start(t)
-    p.end("a", "completed", now=50.0)
-    p.end("b", "completed", now=60.0)
-    assert "~3:00 left" in p.line(60.0)
-    assert "~2:30 left" in p.line(90.0)
-    assert "~0:00 left" in p.line(300.0)  # late: not below nothing
-    p.end("c", "completed", now=300.0)  # 100 s a trial: 5 left take 8:20
-    assert "~8:20 left" in p.line(300.0)
+def test_the_estimate_counts_the_epochs_asha_lets_the_trials_run() -> None:
+    """10 trials of 9 epochs, 2 at a time, ASHA's rungs at 1 and 3: a trial can be expected
+    to run 1 + 2/3 + 6/9 epochs. The first to end, stopped at its first epoch, is not the mean
+    trial, and the other, running on, has epochs that trials done do not count: 2 epochs in
+    10 s, 8 trials waiting (18.7 epochs) and the running one's 4, 1:53. Trials done over
+    time said 1:30."""
+    p = Progress(total=10, started=0.0, asha=Asha(max_epochs=9, grace_period=1,
+                                                 reduction_factor=3))
+    for t in "ab":
+        p.start(t, planned=9, now=0.0)
+    p.result("a", 0.5, epoch=1, now=10.0)
+    p.result("b", 0.6, epoch=1, now=10.0)
+    p.end("a", "stopped", now=10.0)
+    assert "~1:53 left" in p.line(10.0)
+
+
+def test_the_estimate_counts_down_between_two_reports() -> None:
+    """Measured at each report, the estimate goes down by the time since until the next:
+    measured at `now`, the pace would slow between two, for no news."""
+    p = Progress(total=8, started=0.0, asha=Asha(max_epochs=1))
+    for t in "ab":
+        p.start(t, planned=1, now=0.0)
+    p.result("a", 0.5, epoch=1, now=50.0)
+    p.end("a", "completed", now=50.0)  # 1 epoch in 50 s: 7 left, 5:50
+    assert "~5:50 left" in p.line(50.0)
+    assert "~5:20 left" in p.line(80.0)
+    assert "~0:00 left" in p.line(900.0)  # late: not below nothing
+    p.result("b", 0.5, epoch=1, now=900.0)
+    p.end("b", "completed", now=900.0)  # 2 in 900 s: 6 left, 45:00
+    assert "~45:00 left" in p.line(900.0)
 
 
 def test_the_estimate_is_at_least_what_the_slowest_running_trial_needs() -> None:
-    """The last trials of a search may run for minutes after the others: 7 of 9 trials done
-    in 300 s say 86 s left, but one running took 100 s for the first of its 3 epochs."""
-    p = Progress(total=9, started=0.0)
-    p.start("slow", planned=3, now=100.0)
-    assert "estimating time left" in p.line(150.0)  # no trial done, no epoch yet
-    p.result("slow", 0.5, epoch=1, now=200.0)
-    assert "~3:20 left" in p.line(200.0)  # its 2 epochs left, 100 s each
+    """The last trials of a search may run for minutes after the others: 8 epochs in 200 s
+    say 92 s left for the 2 trials not done, but one of them took 200 s for the first of
+    its 3 epochs."""
+    p = Progress(total=9, started=0.0, asha=Asha(max_epochs=3))
+    p.start("slow", planned=3, now=0.0)
+    assert "estimating time left" in p.line(150.0)  # no epoch yet
     for t in "abcdefg":
-        p.end(t, "completed")
-    assert "~1:40 left" in p.line(300.0)  # 100 s into its second epoch
+        p.start(t, planned=3, now=10.0)
+        p.result(t, 0.4, epoch=1, now=20.0)
+        p.end(t, "stopped", now=20.0)
+    p.result("slow", 0.5, epoch=1, now=200.0)
+    assert "~6:40 left" in p.line(200.0)  # its 2 epochs left, 200 s each
+    assert "~5:00 left" in p.line(300.0)  # 100 s into its second epoch
     p.start("resumed", planned=10, now=300.0)  # from its checkpoint at epoch 7
     p.result("resumed", 0.5, epoch=8, now=330.0)
-    p.end("slow", "completed")
-    assert "~1:00 left" in p.line(330.0)  # 30 s an epoch, 2 left (the pace says 41 s)
+    p.end("slow", "completed", now=330.0)
+    # 30 s an epoch, and 1 + 1/3 epochs left, past ASHA's rung at 9
+    assert "~0:40 left" in p.line(330.0)
 
 
 def test_once_every_trial_has_started_the_running_ones_are_all_that_is_left() -> None:
