@@ -75,6 +75,7 @@ class Progress:
     stopped: int = 0
     failed: int = 0
     epochs: int = 0  # results reported: one per epoch
+    epochs_before: int = 0  # trained before this part was resumed: spent of a budget, not paced
     best: tuple[float, str] | None = None  # (val_accuracy, trial id)
     started_any: bool = False
     paced_at: float = 0.0  # when a trial last reported or ended
@@ -105,6 +106,16 @@ class Progress:
         if self.best is None or value > self.best[0]:
             self.best = (value, trial_id)
 
+    def restored(self, trial_id: str, how: str | None, best: float | None,
+                 epochs: int) -> None:
+        """A trial that a resumed part brings back, having trained `epochs` epochs and
+        reached `best`: ended (`how`, as in `end`), or to go on (None)."""
+        self.epochs_before += epochs
+        if how is not None:
+            setattr(self, how, getattr(self, how) + 1)
+        if best is not None and (self.best is None or best > self.best[0]):
+            self.best = (best, trial_id)
+
     def end(self, trial_id: str, how: str, now: float = 0.0) -> None:
         """Trial `trial_id` ended at `now`; `how` is completed, stopped (early, by ASHA) or
         failed."""
@@ -129,8 +140,8 @@ class Progress:
         at = self.paced_at
         pace = (at - self.started) / self.epochs if self.epochs else None
         if self.epoch_budget:
-            return None if pace is None else \
-                max(0.0, pace * (self.epoch_budget - self.epochs) - (now - at))
+            left = self.epoch_budget - self.epochs_before - self.epochs
+            return None if pace is None else max(0.0, pace * left - (now - at))
         yet = {t: self.asha.epochs_left(r.planned, r.epoch) for t, r in self.running.items()}
         own = [r.left(now, yet[t]) for t, r in self.running.items()]
         known = [left for left in own if left is not None]
@@ -145,7 +156,8 @@ class Progress:
     def line(self, now: float) -> str:
         elapsed = now - self.started
         left = self._left(now)
-        over = self.epoch_budget is not None and self.epochs >= self.epoch_budget
+        over = self.epoch_budget is not None and \
+            self.epochs_before + self.epochs >= self.epoch_budget
         eta = "done" if self.done >= self.total or over else \
             "estimating time left" if left is None else f"~{_clock(left)} left"
         if not self.running and not self.started_any and elapsed >= WAITING_S:
@@ -169,6 +181,31 @@ class ProgressCallback(Callback):
         self.stopped = stopped  # trial ids the scheduler stopped early (filled by it)
         self.every_s = every_s  # (no stream kept: Tune pickles its callbacks)
         self._printed = time.monotonic()
+        self._restoring = False
+
+    def setup(self, *args: Any, **info: Any) -> None:
+        """Tune begins: a new part, or a resumed one with this callback unpickled as it was
+        when the part was made, its clock another process's (and the resume's first line
+        said that no trial had started for minutes, waiting for a node). The clock starts
+        now; the trials Tune restored are counted at its first step."""
+        p = self.progress
+        self.progress = Progress(p.total, time.monotonic(), p.epoch_budget, p.asks, p.asha)
+        self._printed = self.progress.started
+        self._restoring = True
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if not self._restoring:
+            return
+        self._restoring = False
+        for trial in trials:
+            epochs = int((trial.last_result or {}).get("training_iteration", 0))
+            ended = trial.status in ("TERMINATED", "ERROR")
+            if not (epochs or ended):
+                continue  # not started yet
+            how = "failed" if trial.status == "ERROR" else None if not ended else \
+                "stopped" if epochs < self.progress.asha.planned(trial.config) else "completed"
+            best = trial.metric_analysis.get(METRIC, {}).get("max")
+            self.progress.restored(trial.trial_id, how, best, epochs)
 
     def _print(self) -> None:
         self._printed = time.monotonic()

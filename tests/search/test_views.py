@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import optuna
+import pickle
+import time
 
-from search.progress import Progress
+import optuna
+from ray.tune.experiment import Trial
+
+from search.objective import METRIC
+from search.progress import Progress, ProgressCallback
 from search.space import Asha
 from search.study_views import LEGEND_MAX, param_importances, study_figures
 
@@ -103,6 +108,39 @@ def test_once_every_trial_has_started_the_running_ones_are_all_that_is_left() ->
     assert "~1:10 left" in p.line(330.0)
     p.result("long", 0.5, epoch=3, now=360.0)  # its third epoch in 60 s on more CPUs
     assert "~0:00 left" in p.line(360.0)
+
+
+def test_a_resumed_part_counts_the_trials_it_restored_on_a_clock_of_its_own() -> None:
+    """Tune unpickles a resumed part's callbacks as they were made, in the driver that was
+    killed, an hour ago here: the line's clock started there (and at once said no trial had
+    started for minutes, waiting for a node), and the trials that had ended went uncounted."""
+    callback = ProgressCallback(4, set(), Asha(max_epochs=3), epoch_budget=None,
+                                asks="1 CPU, 0 GPU")
+    callback.progress.started -= 3600
+    callback = pickle.loads(pickle.dumps(callback))
+    trials = [Trial("__fake", config={"epochs": 3}, stub=True) for _ in range(4)]
+    statuses = ("TERMINATED", "TERMINATED", "PAUSED", "PENDING")
+    for trial, epochs, status in zip(trials, (3, 1, 2, 0), statuses, strict=True):
+        for epoch in range(1, epochs + 1):
+            trial.update_last_result({METRIC: epoch / 10, "training_iteration": epoch})
+        trial.set_status(status)
+    callback.setup()
+    callback.on_step_begin(0, trials)
+    line = callback.progress.line(time.monotonic())
+    assert line.startswith("[0:00] 2/4 trials done (1 completed, 1 stopped early, 0 failed), "
+                           "0 running; best val_accuracy 0.3000"), line
+
+
+def test_a_resumed_budget_counts_the_epochs_spent_before_but_paces_its_own() -> None:
+    p = Progress(total=1000, started=0.0, epoch_budget=75)
+    p.restored("a", "stopped", 0.5, epochs=25)
+    p.start("b", now=0.0)
+    for epoch in range(1, 11):
+        p.result("b", 0.5, epoch=epoch, now=epoch * 1.0)
+    assert "~0:40 left" in p.line(10.0)  # 10 epochs in 10 s: 40 left of 75
+    for epoch in range(11, 51):
+        p.result("b", 0.5, epoch=epoch, now=epoch * 1.0)
+    assert p.line(50.0).endswith("done")
 
 
 def test_while_no_trial_can_start_the_line_says_what_they_wait_for() -> None:
