@@ -70,7 +70,8 @@ def results_table(records: list[TrialRecord]) -> pd.DataFrame:
             "baseline": r.config.get(BASELINE_KEY, ""),
             "status": status,
             "stopped_early": r.stopped_early,
-            "epochs_run": len(h) if has else 0,
+            # the epoch reached: a resumed trial reports again the epochs it trains again
+            "epochs_run": int(h["epoch"].max()) if has else 0,
             "val_accuracy": float(h[METRIC].iloc[-1]) if has else float("nan"),
             "best_val_accuracy": float(h[METRIC].max()) if has else float("nan"),
             "val_loss": float(h["val_loss"].iloc[-1]) if has else float("nan"),

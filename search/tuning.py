@@ -21,6 +21,7 @@ from search.progress import ProgressCallback
 from search.pruner import CheckpointPruner
 from search.ray_start import node_cpus
 from search.sampling import DefineByRun, cannot_build
+from search.saved_state import unended
 from search.searcher import (
     EpochBudget,
     PruningOptunaSearch,
@@ -73,18 +74,24 @@ def run_parts(space: Space, listing: Listing, folder: SearchFolder, trainable: T
     if todo > 0:
         tuner = _new_part(space, folder, trial, resources, todo, not grids, tracking_uri,
                           epoch_budget, written)
-        grids.append(_fit(tuner, epoch_budget))
+        grids.append(_fit(tuner, epoch_budget, todo))
     return grids
 
 
-def _fit(tuner: tune.Tuner, epoch_budget: int | None) -> tune.ResultGrid:
-    """Run a Tune part to its end, then keep each trial's best checkpoint alone."""
+def _fit(tuner: tune.Tuner, epoch_budget: int | None,
+         trials: int | None = None) -> tune.ResultGrid:
+    """Run a Tune part to its end, then keep each trial's best checkpoint alone. A new part
+    is to make `trials` trials."""
     grid = tuner.fit()
     # told to stop (its SIGINT handler), Tune saves its state, stops the running trials and
-    # returns: their last results, unlike an ended trial's, are not `done`. So does a spent
-    # epoch budget (one report per epoch), which is no stop.
+    # returns: the state it saved has trials it left to run, or the part has fewer trials
+    # than it was to make. (Their last results had told it before, not being `done`; but a
+    # trial Tune had decided to stop as the stop came has a `done` result and runs again
+    # when resumed, and that run may end without one: ASHA's decision kept in Tune's state
+    # stops it. Either way the search took a stop for no stop, or the reverse.) So does a
+    # spent epoch budget (one report per epoch), which is no stop.
     results = list(grid)  # type: ignore[call-overload]  # iterates by __getitem__
-    cut = any(result.error is None and not result.metrics.get("done") for result in results)
+    cut = (trials is not None and len(results) < trials) or bool(unended(grid.experiment_path))
     spent = sum(int(result.metrics.get("training_iteration", 0)) for result in results)
     if cut and not (epoch_budget and spent >= epoch_budget):
         raise SearchStopped("the search was stopped before its trials ended")

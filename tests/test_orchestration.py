@@ -5,20 +5,25 @@ standing in for Keras: seconds, not minutes."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
+import signal
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from conftest import trial_results, write_curve_space
 from mlflow.tracking import MlflowClient
 
-from search import growth
+from search import growth, tuning
 from search.curve_trial import FAULT_EPOCH, curve_trial
 from search.driver import Options, run_search
 from search.folder import SearchFolder
 from search.searcher import UNBUILDABLE
+from search.snapshots import TrialResultLogger
 from search.space import load_space
+from search.tuning import SearchStopped
 
 # faults come at epoch 2, ASHA's first rung; the baselines run first. `dies` has a curve
 # (a hash of its params) near the top at that rung (0.92; the median trial's is 0.54, and
@@ -161,3 +166,55 @@ def test_the_last_trial_goes_on_with_the_cpus_the_ended_ones_left_idle(
                              f"tags.trial_id = '{long_id}'")[0]
     epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
     assert sorted(epochs) == list(range(1, 13)) and run.info.status == "FINISHED"
+
+
+RESUMED_EPOCHS = 8
+
+
+class StopAsATrialIsStopped(TrialResultLogger):
+    """Tune's result logger that stops the driver as Ctrl-C does (SIGINT, Tune's handler) as
+    it logs the first result at which ASHA stopped a trial early, while the trial saves that
+    epoch's checkpoint: Tune keeps the decision until the save lands, and saves it in its
+    state with the trial still running."""
+
+    stopped: str | None = None  # the trial, once, whichever copy Tune unpickled
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
+                        result: dict[str, Any], **info: Any) -> None:
+        super().on_trial_result(iteration, trials, trial, result, **info)
+        early = result.get("training_iteration", 0) < RESUMED_EPOCHS
+        if result.get("done") and early and result.get("should_checkpoint") and \
+                type(self).stopped is None:
+            type(self).stopped = trial.trial_id
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_a_search_stopped_as_asha_stops_a_trial_resumes_to_its_end(
+        ray_local, tmp_path: Path, monkeypatch) -> None:
+    """Resumed, Tune runs that trial again from its checkpoint before; ASHA, which starts
+    anew, lets it go on, and Tune stops it by the decision it kept, its last result then not
+    `done`: every resume said the search had been stopped again, and it never ended. One
+    trial at a time: that trial is the one ASHA sees first when the search resumes."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tuning, "TrialResultLogger", StopAsATrialIsStopped)
+    monkeypatch.setattr(StopAsATrialIsStopped, "stopped", None)
+    space = load_space(write_curve_space(tmp_path, epochs=RESUMED_EPOCHS, num_samples=6,
+                                         max_concurrent=1, asha=ASHA))
+    space = dataclasses.replace(space, search=dataclasses.replace(space.search,
+                                                                  checkpoint_every_s=0))
+    options = Options(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "ray")
+    trial = curve_trial(epoch_s=0.05)
+    with contextlib.redirect_stdout(None):
+        with contextlib.suppress(SearchStopped):
+            run_search(space, options, trial, register=None)
+        stopped = StopAsATrialIsStopped.stopped
+        assert stopped is not None
+        outcome = run_search(space, dataclasses.replace(options, resume=True), trial,
+                             register=None)
+    table = outcome.table.set_index("trial_id")
+    assert len(table) == 6 and set(table["status"]) <= {"completed", "stopped"}
+    # the case this is about: that trial's last result, after its stop, is not `done`; it
+    # reported its epoch 2 again, and reached 2 (ASHA's rung)
+    rows = trial_results(tmp_path / "ray")[stopped]
+    assert not rows[-1]["done"] and [row["epoch"] for row in rows] == [1, 2, 2]
+    assert table.loc[stopped, "epochs_run"] == 2
