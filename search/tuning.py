@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -26,6 +27,7 @@ from search.searcher import (
     EpochBudget,
     PruningOptunaSearch,
     RecordingASHA,
+    epochs_reported,
 )
 from search.snapshots import SnapshotKeeper, TrialResultLogger, mend
 from search.space import Space, TrialResources
@@ -71,7 +73,7 @@ def run_parts(space: Space, listing: Listing, folder: SearchFolder, trainable: T
         grids.append(_fit(tuner, epoch_budget) if part == folder.parts[-1]
                      else tuner.get_results())
     todo = space.search.num_samples - sum(len(grid) for grid in grids)
-    if todo > 0:
+    if todo > 0 and not _spent(folder.path, epoch_budget):
         tuner = _new_part(space, folder, trial, resources, todo, not grids, tracking_uri,
                           epoch_budget, written)
         grids.append(_fit(tuner, epoch_budget, todo))
@@ -92,11 +94,15 @@ def _fit(tuner: tune.Tuner, epoch_budget: int | None,
     # spent epoch budget (one report per epoch), which is no stop.
     results = list(grid)  # type: ignore[call-overload]  # iterates by __getitem__
     cut = (trials is not None and len(results) < trials) or bool(unended(grid.experiment_path))
-    spent = sum(int(result.metrics.get("training_iteration", 0)) for result in results)
-    if cut and not (epoch_budget and spent >= epoch_budget):
+    if cut and not _spent(Path(grid.experiment_path).parent, epoch_budget):
         raise SearchStopped("the search was stopped before its trials ended")
     prune(grid)
     return grid
+
+
+def _spent(folder: Path, epoch_budget: int | None) -> bool:
+    """Whether the search in `folder` has trained its epoch budget, if it has one."""
+    return epoch_budget is not None and epochs_reported(folder) >= epoch_budget
 
 
 def _new_part(space: Space, folder: SearchFolder, trainable: Any, resources: TrialResources,
@@ -128,7 +134,7 @@ def _new_part(space: Space, folder: SearchFolder, trainable: Any, resources: Tri
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             name=part, storage_path=str(folder.path),
-            stop=EpochBudget(epoch_budget) if epoch_budget else None,
+            stop=EpochBudget(epoch_budget, folder.path) if epoch_budget else None,
             # our progress line replaces Tune's status tables; the pruner keeps checkpoints
             # down to what resuming and registering need (search/checkpoints.py); the keeper
             # keeps a whole copy of Tune's snapshot, and each trial's results whole across

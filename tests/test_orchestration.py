@@ -9,10 +9,12 @@ import dataclasses
 import io
 import json
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pytest
 from conftest import trial_results, write_curve_space
 from mlflow.tracking import MlflowClient
 
@@ -168,37 +170,48 @@ def test_the_last_trial_goes_on_with_the_cpus_the_ended_ones_left_idle(
     assert sorted(epochs) == list(range(1, 13)) and run.info.status == "FINISHED"
 
 
-RESUMED_EPOCHS = 8
+class StopsOnce(TrialResultLogger):
+    """Tune's result logger that stops the driver as Ctrl-C does (SIGINT: Tune's handler)
+    as it logs the first result `when` takes (the result, and how many it has logged), once
+    in the test's process, whichever copy of it Tune unpickled."""
 
-
-class StopAsATrialIsStopped(TrialResultLogger):
-    """Tune's result logger that stops the driver as Ctrl-C does (SIGINT, Tune's handler) as
-    it logs the first result at which ASHA stopped a trial early, while the trial saves that
-    epoch's checkpoint: Tune keeps the decision until the save lands, and saves it in its
-    state with the trial still running."""
-
-    stopped: str | None = None  # the trial, once, whichever copy Tune unpickled
+    when: Callable[[dict[str, Any], int], bool] = staticmethod(lambda result, logged: False)
+    stopped: str | None = None  # the trial whose result it stopped at
+    logged = 0
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
         super().on_trial_result(iteration, trials, trial, result, **info)
-        early = result.get("training_iteration", 0) < RESUMED_EPOCHS
-        if result.get("done") and early and result.get("should_checkpoint") and \
-                type(self).stopped is None:
-            type(self).stopped = trial.trial_id
+        cls = type(self)
+        cls.logged += 1
+        if cls.stopped is None and cls.when(result, cls.logged):
+            cls.stopped = trial.trial_id
             signal.raise_signal(signal.SIGINT)
+
+
+def stop_once(monkeypatch, when: Callable[[dict[str, Any], int], bool]) -> None:
+    """The search's result logger is `StopsOnce`, stopping at `when`."""
+    monkeypatch.setattr(tuning, "TrialResultLogger", StopsOnce)
+    monkeypatch.setattr(StopsOnce, "when", staticmethod(when))
+    monkeypatch.setattr(StopsOnce, "stopped", None)
+    monkeypatch.setattr(StopsOnce, "logged", 0)
 
 
 def test_a_search_stopped_as_asha_stops_a_trial_resumes_to_its_end(
         ray_local, tmp_path: Path, monkeypatch) -> None:
-    """Resumed, Tune runs that trial again from its checkpoint before; ASHA, which starts
-    anew, lets it go on, and Tune stops it by the decision it kept, its last result then not
-    `done`: every resume said the search had been stopped again, and it never ended. One
-    trial at a time: that trial is the one ASHA sees first when the search resumes."""
+    """Stopped as Tune decides to stop a trial early, while the trial saves that epoch's
+    checkpoint: Tune keeps the decision until the save lands, and saves it in its state with
+    the trial still running. Resumed, Tune runs that trial again from its checkpoint before;
+    ASHA, which starts anew, lets it go on, and Tune stops it by the decision it kept, its
+    last result then not `done`: every resume said the search had been stopped again, and
+    it never ended. One trial at a time: that trial is the one ASHA sees first when the
+    search resumes."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(tuning, "TrialResultLogger", StopAsATrialIsStopped)
-    monkeypatch.setattr(StopAsATrialIsStopped, "stopped", None)
-    space = load_space(write_curve_space(tmp_path, epochs=RESUMED_EPOCHS, num_samples=6,
+    epochs = 8
+    stop_once(monkeypatch, lambda result, logged: bool(
+        result.get("done") and result["training_iteration"] < epochs
+        and result.get("should_checkpoint")))
+    space = load_space(write_curve_space(tmp_path, epochs=epochs, num_samples=6,
                                          max_concurrent=1, asha=ASHA))
     space = dataclasses.replace(space, search=dataclasses.replace(space.search,
                                                                   checkpoint_every_s=0))
@@ -207,7 +220,7 @@ def test_a_search_stopped_as_asha_stops_a_trial_resumes_to_its_end(
     with contextlib.redirect_stdout(None):
         with contextlib.suppress(SearchStopped):
             run_search(space, options, trial, register=None)
-        stopped = StopAsATrialIsStopped.stopped
+        stopped = StopsOnce.stopped
         assert stopped is not None
         outcome = run_search(space, dataclasses.replace(options, resume=True), trial,
                              register=None)
@@ -218,3 +231,22 @@ def test_a_search_stopped_as_asha_stops_a_trial_resumes_to_its_end(
     rows = trial_results(tmp_path / "ray")[stopped]
     assert not rows[-1]["done"] and [row["epoch"] for row in rows] == [1, 2, 2]
     assert table.loc[stopped, "epochs_run"] == 2
+
+
+def test_a_budgeted_search_stopped_and_resumed_trains_its_budget_in_all(
+        ray_local, tmp_path: Path, monkeypatch) -> None:
+    """The budget's count was unpickled as the part was made, at 0: resumed after 15 epochs,
+    a search of 40 trained 40 more (and a new part for its trials not drawn, 40 more)."""
+    monkeypatch.chdir(tmp_path)
+    stop_once(monkeypatch, lambda result, logged: logged == 15)
+    space = load_space(write_curve_space(tmp_path, epochs=8, num_samples=40,
+                                         max_concurrent=2, asha=ASHA))
+    options = Options(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "ray",
+                      epoch_budget=40)
+    trial = curve_trial(epoch_s=0.05)
+    with contextlib.redirect_stdout(None):
+        with pytest.raises(SearchStopped):
+            run_search(space, options, trial, register=None)
+        run_search(space, dataclasses.replace(options, resume=True), trial, register=None)
+    reported = sum(len(rows) for rows in trial_results(tmp_path / "ray").values())
+    assert 40 <= reported <= 40 + 2  # the reports of the trials running as the budget ended
