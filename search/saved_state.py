@@ -28,21 +28,25 @@ Keeps = dict[str, Kept]  # what a saved state keeps, by trial id
 ENDED = (FINAL, "ERROR")  # a trial's statuses in a saved state once it runs no more
 
 
-def unended(folder: str, fs: FileSystem | None = None) -> set[str]:
+def unended(folder: str, fs: FileSystem | None = None) -> set[str] | None:
     """The trials that Tune's newest saved state in `folder` has not ended (neither
-    TERMINATED nor ERROR): those a resume of it runs. Read whole, once."""
+    TERMINATED nor ERROR): those a resume of it runs. Read whole, once. None if it cannot be
+    read whole (Tune's save failed: a disk full, say)."""
     path = NewestStateFile(folder, fs, lambda path: True).path()
     if path is None:
         return set()
     remote = _remote(fs)
-    if remote is None:
-        with open(path, "rb") as file:
-            text = file.read()
-    else:
-        with remote.open_input_stream(path) as stream:
-            text = stream.readall()
-    trials = (json.loads(trial_json) for trial_json, _ in json.loads(text)["trial_data"])
-    return {trial["trial_id"] for trial in trials if trial["status"] not in ENDED}
+    try:
+        if remote is None:
+            with open(path, "rb") as file:
+                text = file.read()
+        else:
+            with remote.open_input_stream(path) as stream:
+                text = stream.readall()
+        trials = [json.loads(trial_json) for trial_json, _ in json.loads(text)["trial_data"]]
+        return {trial["trial_id"] for trial in trials if trial["status"] not in ENDED}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def written_since(ns: int) -> Callable[[str], bool]:

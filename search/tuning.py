@@ -93,7 +93,8 @@ def _fit(tuner: tune.Tuner, epoch_budget: int | None,
     # stops it. Either way the search took a stop for no stop, or the reverse.) So does a
     # spent epoch budget (one report per epoch), which is no stop.
     results = list(grid)  # type: ignore[call-overload]  # iterates by __getitem__
-    cut = (trials is not None and len(results) < trials) or bool(unended(grid.experiment_path))
+    left = unended(grid.experiment_path)  # None: unreadable, for resume to mend
+    cut = (trials is not None and len(results) < trials) or left is None or bool(left)
     if cut and not _spent(Path(grid.experiment_path).parent, epoch_budget):
         raise SearchStopped("the search was stopped before its trials ended")
     prune(grid)

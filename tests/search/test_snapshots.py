@@ -14,6 +14,7 @@ from ray import cloudpickle, tune
 from ray.tune.search.optuna import OptunaSearch
 
 from search.folder import ResumeError
+from search.saved_state import unended
 from search.snapshots import (
     DONE,
     KEPT,
@@ -63,6 +64,20 @@ def test_the_keeper_leaves_one_whole_copy_of_the_snapshot(experiment: Path) -> N
     state = next(experiment.glob("experiment_state-*.json"))  # as the keeper has found it
     assert sorted(p.name for p in snapshot_files(experiment, state)) == names
     assert all(whole(p) for p in snapshot_files(copies[0]))
+
+
+def test_the_saved_state_says_which_trials_a_resume_would_run(experiment: Path) -> None:
+    """Ended, all; a trial saved RUNNING, it; a state cut short (Tune's save failed), None:
+    the search takes it as stopped, for the resume to mend."""
+    assert unended(str(experiment)) == set()
+    state = next(experiment.glob("experiment_state-*.json"))
+    saved = json.loads(state.read_text())
+    trial = json.loads(saved["trial_data"][0][0])
+    saved["trial_data"][0][0] = json.dumps({**trial, "status": "RUNNING"})
+    state.write_text(json.dumps(saved))
+    assert unended(str(experiment)) == {trial["trial_id"]}
+    cut(state)
+    assert unended(str(experiment)) is None
 
 
 def test_a_cut_short_snapshot_is_mended_and_tune_restores_it(experiment: Path) -> None:
