@@ -79,6 +79,12 @@ class RecordingASHA(ASHAScheduler):
                           result: dict[str, Any]) -> None:
         super().on_trial_complete(tune_controller, trial, result)
         self._queued.pop(trial.trial_id, None)
+        # ended short of its planned epochs with no `done` result: Tune stopped it, by a
+        # decision it kept in the state a resumed search restored (ASHA's, which the
+        # restored ASHA does not know), or as a spent epoch budget ended the part
+        if not result.get("done") and \
+                result.get(self._time_attr, 0) < self.asha.planned(trial.config):
+            self.stopped.add(trial.trial_id)
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
         super().on_trial_remove(tune_controller, trial)

@@ -230,7 +230,7 @@ def test_a_search_stopped_as_asha_stops_a_trial_resumes_to_its_end(
     # reported its epoch 2 again, and reached 2 (ASHA's rung)
     rows = trial_results(tmp_path / "ray")[stopped]
     assert not rows[-1]["done"] and [row["epoch"] for row in rows] == [1, 2, 2]
-    assert table.loc[stopped, "epochs_run"] == 2
+    assert table.loc[stopped, ["epochs_run", "status"]].tolist() == [2, "stopped"]
 
 
 def test_a_budgeted_search_stopped_and_resumed_trains_its_budget_in_all(
