@@ -79,9 +79,9 @@ class RecordingASHA(ASHAScheduler):
                           result: dict[str, Any]) -> None:
         super().on_trial_complete(tune_controller, trial, result)
         self._queued.pop(trial.trial_id, None)
-        # ended short of its planned epochs with no `done` result: Tune stopped it, by a
-        # decision it kept in the state a resumed search restored (ASHA's, which the
-        # restored ASHA does not know), or as a spent epoch budget ended the part
+        # ended short of its planned epochs with no `done` result: Tune stopped it by a
+        # decision it kept in the state a resumed search restored (ASHA's, made as the
+        # search was stopped, which the restored ASHA does not know)
         if not result.get("done") and \
                 result.get(self._time_attr, 0) < self.asha.planned(trial.config):
             self.stopped.add(trial.trial_id)
