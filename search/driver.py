@@ -24,8 +24,14 @@ from search.parent_run import open_parent_run, record_results
 from search.prepare import prepare_data
 from search.ray_start import init_ray
 from search.registration import Register, evaluate_and_register
-from search.results import all_failed, best_trial, records_from_grid, results_table
-from search.searcher import fail_orphans, pruned_trial_ids, unbuildable_draws
+from search.results import (
+    all_failed,
+    best_trial,
+    records_from_grid,
+    results_table,
+    trial_id_of,
+)
+from search.searcher import end_open_trials, pruned_trial_ids, unbuildable_draws
 from search.server import TrackingError, check_server
 from search.space import Space, changes, describe
 from search.summary import Outcome
@@ -99,12 +105,13 @@ def _search(space: Space, listing: Listing, options: Options, folder: SearchFold
     done = run_parts(space, listing, folder, trainable, options.tracking_uri,
                      options.epoch_budget, written)
     study = folder.load_study()
+    end_open_trials(study, {trial_id_of(result) for grid in done
+                            for result in grid})  # type: ignore[attr-defined]
     pruned = pruned_trial_ids(study)
     pairs = [(record, result) for grid in done
              for record, result in zip(records_from_grid(grid, pruned),
                                        grid, strict=True)]  # type: ignore[call-overload]
     records = [record for record, _ in pairs]
-    fail_orphans(study, {record.trial_id for record in records})
     redrawn = unbuildable_draws(study)
     if redrawn:
         say(f"{len(redrawn)} draw(s) of models that cannot be built were drawn again, not run "

@@ -39,6 +39,12 @@ class TrialRecord:
         return str(h[TRAINED_ON].iloc[-1]) if TRAINED_ON in h and len(h) else ""
 
 
+def trial_id_of(result: Any) -> str:
+    """A Tune result's trial id: a trial that failed before its first report has no metrics;
+    its folder is its id."""
+    return str((result.metrics or {}).get("trial_id") or Path(result.path).name)
+
+
 def records_from_grid(grid: Any, stopped: set[str]) -> list[TrialRecord]:
     """One `TrialRecord` per trial of a Ray Tune `ResultGrid`."""
     records = []
@@ -46,8 +52,7 @@ def records_from_grid(grid: Any, stopped: set[str]) -> list[TrialRecord]:
         metrics = result.metrics or {}
         history = result.metrics_dataframe if result.metrics_dataframe is not None \
             else pd.DataFrame()
-        # a trial that failed before its first report has no metrics; its folder is its id
-        trial_id = metrics.get("trial_id") or Path(result.path).name
+        trial_id = trial_id_of(result)
         records.append(TrialRecord(
             trial_id=trial_id, config=dict(result.config or {}), history=history,
             wall_s=float(metrics.get("time_total_s", 0.0)),

@@ -272,12 +272,13 @@ def unbuildable_draws(study: optuna.Study) -> list[str]:
             if UNBUILDABLE in t.user_attrs]
 
 
-def fail_orphans(study: optuna.Study, ray_trial_ids: set[str]) -> int:
-    """Mark FAIL the study's RUNNING trials that no Ray trial ran: asked for just before the
-    driver was killed, after Tune's last snapshot, so the resumed search never knew them."""
-    orphans = [t for t in study.get_trials(deepcopy=False)
-               if t.state == optuna.trial.TrialState.RUNNING
-               and t.user_attrs.get(RAY_TRIAL_ID) not in ray_trial_ids]
-    for trial in orphans:
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    return len(orphans)
+def end_open_trials(study: optuna.Study, ray_trial_ids: set[str]) -> None:
+    """End the study's trials left RUNNING once the search has ended: FAIL those no Ray
+    trial ran (asked for just before the driver was killed, after Tune's last snapshot, so
+    the resumed search never knew them); PRUNED those Ray ran, which Tune ended without
+    telling the searcher, as a spent epoch budget ends the trials still running (they had
+    stayed RUNNING in the study, its lasting record)."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        ran = trial.user_attrs.get(RAY_TRIAL_ID) in ray_trial_ids
+        study.tell(trial.number, state=optuna.trial.TrialState.PRUNED if ran
+                   else optuna.trial.TrialState.FAIL)

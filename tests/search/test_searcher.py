@@ -21,7 +21,7 @@ from search.searcher import (
     UNBUILDABLE,
     PruningOptunaSearch,
     RecordingASHA,
-    fail_orphans,
+    end_open_trials,
     unbuildable_draws,
 )
 from search.space import Asha, load_space
@@ -117,13 +117,15 @@ def test_tpe_models_after_a_third_of_the_search_two_to_ten_trials() -> None:
     assert [tpe_startup_trials(n) for n in (1, 8, 12, 30, 200)] == [2, 2, 4, 10, 10]
 
 
-def test_study_trials_no_ray_trial_ran_are_failed_not_left_running() -> None:
+def test_study_trials_left_running_are_ended_failed_if_no_ray_trial_ran_else_pruned() -> None:
     study = optuna.create_study()
-    ran, orphan = study.ask(), study.ask()
-    ran.set_user_attr(RAY_TRIAL_ID, "a")
+    ran, orphan, done = study.ask(), study.ask(), study.ask()
+    ran.set_user_attr(RAY_TRIAL_ID, "a")  # cut by the epoch budget: Tune told no searcher
     orphan.set_user_attr(RAY_TRIAL_ID, "b")  # asked, then the driver was killed
-    assert fail_orphans(study, {"a"}) == 1
-    assert [t.state.name for t in study.trials] == ["RUNNING", "FAIL"]
+    done.set_user_attr(RAY_TRIAL_ID, "c")
+    study.tell(done, 0.5)
+    end_open_trials(study, {"a", "c"})
+    assert [t.state.name for t in study.trials] == ["PRUNED", "FAIL", "COMPLETE"]
 
 
 def test_a_trial_the_study_has_already_ended_is_left_as_it_is() -> None:
