@@ -57,6 +57,7 @@ class SearchFolder:
     created: float = field(default_factory=time.time)
     parts: list[str] = field(default_factory=list)
     space_values: dict[str, str] = field(default_factory=dict)  # `search.space.describe`
+    part_trials: dict[str, int] = field(default_factory=dict)  # the trials each part makes
 
     @classmethod
     def create(cls, storage: Path, space: str, space_values: dict[str, str]) -> SearchFolder:
@@ -123,10 +124,12 @@ class SearchFolder:
     def load_study(self) -> optuna.Study:
         return optuna.load_study(study_name=STUDY_NAME, storage=self.study_storage())
 
-    def add_part(self) -> str:
-        """Name, record and return the next Tune experiment of this search."""
+    def add_part(self, trials: int) -> str:
+        """Name, record and return the next Tune experiment of this search, which makes
+        `trials` trials."""
         part = f"part-{len(self.parts) + 1}"
         self.parts.append(part)
+        self.part_trials[part] = trials
         self.save()
         return part
 

@@ -70,8 +70,8 @@ def run_parts(space: Space, listing: Listing, folder: SearchFolder, trainable: T
         if not tune.Tuner.can_restore(path):
             continue  # killed before Tune wrote its first state: no trial ran
         tuner = tune.Tuner.restore(path, trial, resume_unfinished=True)
-        grids.append(_fit(tuner, epoch_budget) if part == folder.parts[-1]
-                     else tuner.get_results())
+        grids.append(_fit(tuner, epoch_budget, folder.part_trials.get(part))
+                     if part == folder.parts[-1] else tuner.get_results())
     todo = space.search.num_samples - sum(len(grid) for grid in grids)
     if todo > 0 and not _spent(folder.path, epoch_budget):
         tuner = _new_part(space, folder, trial, resources, todo, not grids, tracking_uri,
@@ -82,8 +82,8 @@ def run_parts(space: Space, listing: Listing, folder: SearchFolder, trainable: T
 
 def _fit(tuner: tune.Tuner, epoch_budget: int | None,
          trials: int | None = None) -> tune.ResultGrid:
-    """Run a Tune part to its end, then keep each trial's best checkpoint alone. A new part
-    is to make `trials` trials."""
+    """Run a Tune part to its end, then keep each trial's best checkpoint alone. The part
+    is to make `trials` trials (None: not known, a part made before the count was kept)."""
     grid = tuner.fit()
     # told to stop (its SIGINT handler), Tune saves its state, stops the running trials and
     # returns: the state it saved has trials it left to run, or the part has fewer trials
@@ -112,7 +112,7 @@ def _new_part(space: Space, folder: SearchFolder, trainable: Any, resources: Tri
     """A Tune experiment of `num_samples` trials in the search's folder, its searcher on the
     search's Optuna study. The first part runs the baselines first."""
     s = space.search
-    part = folder.add_part()
+    part = folder.add_part(num_samples)
     seed = space.seed + len(folder.parts) - 1  # an extension must not redraw the same points
     scheduler = RecordingASHA(s.asha, num_samples)
     startup = s.startup_trials or tpe_startup_trials(s.num_samples)

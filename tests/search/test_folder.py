@@ -37,6 +37,17 @@ def test_a_storage_path_that_cannot_hold_folders_is_a_folder_error(tmp_path: Pat
             SearchFolder.create(storage, "x", {})
 
 
+def test_an_index_keeps_each_parts_trials_and_one_written_before_them_loads(
+        tmp_path: Path) -> None:
+    folder = SearchFolder.create(tmp_path, "s", {})
+    folder.add_part(40)
+    assert SearchFolder.load(folder.path).part_trials == {"part-1": 40}
+    index = json.loads((folder.path / "search.json").read_text())
+    del index["part_trials"]  # as searches before 2026-12-05 wrote it
+    (folder.path / "search.json").write_text(json.dumps(index))
+    assert SearchFolder.load(folder.path).parts == ["part-1"]
+
+
 @pytest.mark.parametrize(("index", "why"), [
     ('{"space": "s", "cre', "Unterminated string"),  # cut short: a disk, a copy
     ('{"space": "s", "notes": "mine"}', "not a search's index"),  # edited, another tool's
