@@ -116,7 +116,7 @@ def _search(space: Space, listing: Listing, options: Options, folder: SearchFold
     if redrawn:
         say(f"{len(redrawn)} draw(s) of models that cannot be built were drawn again, not run "
             f"(such as: {redrawn[0]})")
-    mended = mend_trial_runs(client, parent, records, written)
+    mended = mend_trial_runs(client, parent, records, written, options.resume)
     if mended:
         say(f"wrote what MLflow had missed of {mended} trial(s), from Ray's results")
     table = results_table(records)

@@ -128,12 +128,17 @@ def epoch_metrics(row: Mapping[str, Any]) -> list[Metric]:
 
 
 def mend_trial_runs(client: MlflowClient, parent_run_id: str, records: list[TrialRecord],
-                    written: Collection[str] = ()) -> int:
+                    written: Collection[str] = (), resumed: bool = True) -> int:
     """Make MLflow hold what Ray holds: one run per trial, every epoch's metrics, its end;
     a run of a trial Ray does not hold is KILLED. Writes only what is missing (the tracking
     server was down, or the driver was killed between a result and its logging) and returns
     how many runs it mended. It reads each trial's history, `PARALLEL_REQUESTS` at once, but
-    for the trials in `written`, whose runs this driver made, wrote whole and ended."""
+    for the trials in `written`, whose runs this driver made, wrote whole and ended. A search
+    not `resumed` whose every run is in `written` has nothing to mend: no driver before this
+    one made a run of it, so it is not read at all (listing the search's runs took 3.7 s of
+    the end of 2,000 trials)."""
+    if not resumed and all(record.trial_id in written for record in records):
+        return 0
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     runs = trial_runs(client, parent_run_id)
 

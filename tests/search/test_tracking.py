@@ -182,6 +182,13 @@ def test_mending_writes_only_what_mlflow_missed_and_ends_every_run(
                         lambda run_id, key: histories.append(run_id) or read(run_id, key))
     assert mend_trial_runs(client, parent, records, written={"e"}) == 0
     assert run_e not in histories and len(histories) == 3
+    # a search not resumed that wrote every run whole asks MLflow nothing
+    asked = []
+    monkeypatch.setattr(client, "search_runs", lambda *args, **kw: asked.append(args) or [])
+    monkeypatch.setattr(client, "get_run", lambda *args: asked.append(args))
+    assert mend_trial_runs(client, parent, records, written={r.trial_id for r in records},
+                           resumed=False) == 0
+    assert not asked
 
 
 def test_class_names_become_valid_metric_names_that_never_clash(client: MlflowClient) -> None:
