@@ -80,7 +80,7 @@ class Progress:
     started_any: bool = False
     paced_at: float = 0.0  # when a trial last reported or ended
     expected: float = 0.0  # the epochs the trials started here could be expected to run
-    began: int = 0  # the trials started here (a trial started again counted once)
+    started_trials: int = 0  # the trials started here (one started again counted once)
 
     @property
     def done(self) -> int:
@@ -93,7 +93,7 @@ class Progress:
             _Running(now, planned)
         if before is None:
             self.expected += self.asha.epochs_left(planned)
-            self.began += 1
+            self.started_trials += 1
         self.started_any = True
 
     def result(self, trial_id: str, value: float, epoch: int = 0, now: float = 0.0) -> None:
@@ -148,8 +148,8 @@ class Progress:
         waiting = self.total - self.done - len(self.running)
         if self.running and waiting <= 0:
             return max(known) if len(known) == len(own) else None
-        guesses = [] if pace is None or not self.began else \
-            [max(0.0, pace * (waiting * self.expected / self.began + sum(yet.values()))
+        guesses = [] if pace is None or not self.started_trials else \
+            [max(0.0, pace * (waiting * self.expected / self.started_trials + sum(yet.values()))
                  - (now - at))]
         return max(guesses + known, default=None)
 

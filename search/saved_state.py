@@ -28,22 +28,17 @@ Keeps = dict[str, Kept]  # what a saved state keeps, by trial id
 ENDED = (FINAL, "ERROR")  # a trial's statuses in a saved state once it runs no more
 
 
-def unended(folder: str, fs: FileSystem | None = None) -> set[str] | None:
-    """The trials that Tune's newest saved state in `folder` has not ended (neither
-    TERMINATED nor ERROR): those a resume of it runs. Read whole, once. None if it cannot be
-    read whole (Tune's save failed: a disk full, say)."""
-    path = NewestStateFile(folder, fs, lambda path: True).path()
+def unended(folder: str) -> set[str] | None:
+    """The trials that Tune's newest saved state in the local `folder` has not ended
+    (neither TERMINATED nor ERROR): those a resume of it runs. Read whole, once. None if it
+    cannot be read whole (Tune's save failed: a disk full, say)."""
+    path = NewestStateFile(folder, None, lambda path: True).path()
     if path is None:
         return set()
-    remote = _remote(fs)
     try:
-        if remote is None:
-            with open(path, "rb") as file:
-                text = file.read()
-        else:
-            with remote.open_input_stream(path) as stream:
-                text = stream.readall()
-        trials = [json.loads(trial_json) for trial_json, _ in json.loads(text)["trial_data"]]
+        with open(path, "rb") as file:
+            saved = json.loads(file.read())
+        trials = [json.loads(trial_json) for trial_json, _ in saved["trial_data"]]
         return {trial["trial_id"] for trial in trials if trial["status"] not in ENDED}
     except (OSError, ValueError, KeyError, TypeError):
         return None
