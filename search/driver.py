@@ -31,11 +31,11 @@ from search.results import (
     results_table,
     trial_id_of,
 )
-from search.searcher import end_open_trials, pruned_trial_ids, unbuildable_draws
+from search.searcher import cut_trial_ids, end_open_trials, pruned_trial_ids, unbuildable_draws
 from search.server import TrackingError, check_server
 from search.space import Space, changes, describe
 from search.summary import Outcome
-from search.tracking import STOPPED, mend_trial_runs, open_store
+from search.tracking import STOPPED, mend_trial_runs, open_store, tag_cut_runs
 from search.tuning import Trainable, run_parts
 from search.weights_check import check_weights_files
 from search.worker import run_trial
@@ -105,11 +105,11 @@ def _search(space: Space, listing: Listing, options: Options, folder: SearchFold
     done = run_parts(space, listing, folder, trainable, options.tracking_uri,
                      options.epoch_budget, written)
     study = folder.load_study()
-    end_open_trials(study, {trial_id_of(result) for grid in done
-                            for result in grid})  # type: ignore[attr-defined]
-    pruned = pruned_trial_ids(study)
+    ran = {trial_id_of(result) for grid in done for result in grid}  # type: ignore[attr-defined]
+    tag_cut_runs(client, parent, end_open_trials(study, ran))
+    pruned, cut = pruned_trial_ids(study), cut_trial_ids(study)
     pairs = [(record, result) for grid in done
-             for record, result in zip(records_from_grid(grid, pruned),
+             for record, result in zip(records_from_grid(grid, pruned, cut),
                                        grid, strict=True)]  # type: ignore[call-overload]
     records = [record for record, _ in pairs]
     redrawn = unbuildable_draws(study)

@@ -69,7 +69,7 @@ def _log_overview(client: MlflowClient, parent: str, table: pd.DataFrame,
                  r.history for r in records}
     log_figure(client, curves_figure(histories, METRIC), "val_accuracy_curves.png", parent)
     counts = table["status"].value_counts()
-    for status in ("completed", "stopped", "failed"):
+    for status in ("completed", "stopped", "cut", "failed"):
         client.log_metric(parent, f"trials_{status}", float(counts.get(status, 0)))
     if best_trial(table) is not None:
         client.log_metric(parent, "best_val_accuracy", float(table["best_val_accuracy"].max()))

@@ -29,7 +29,8 @@ class TrialRecord:
     history: pd.DataFrame  # one row per epoch: epoch, loss, accuracy, val_loss, val_accuracy
     wall_s: float
     error: str | None = None
-    stopped_early: bool = False
+    stopped_early: bool = False  # by ASHA
+    cut_short: bool = False  # by the search's end (an epoch budget spent)
     path: str = ""
 
     @property
@@ -45,8 +46,10 @@ def trial_id_of(result: Any) -> str:
     return str((result.metrics or {}).get("trial_id") or Path(result.path).name)
 
 
-def records_from_grid(grid: Any, stopped: set[str]) -> list[TrialRecord]:
-    """One `TrialRecord` per trial of a Ray Tune `ResultGrid`."""
+def records_from_grid(grid: Any, stopped: set[str],
+                      cut: Collection[str] = ()) -> list[TrialRecord]:
+    """One `TrialRecord` per trial of a Ray Tune `ResultGrid`: those in `stopped` ASHA
+    stopped, those in `cut` the search's end cut short."""
     records = []
     for result in grid:
         metrics = result.metrics or {}
@@ -57,7 +60,7 @@ def records_from_grid(grid: Any, stopped: set[str]) -> list[TrialRecord]:
             trial_id=trial_id, config=dict(result.config or {}), history=history,
             wall_s=float(metrics.get("time_total_s", 0.0)),
             error=str(result.error).strip().splitlines()[-1][:300] if result.error else None,
-            stopped_early=trial_id in stopped, path=result.path,
+            stopped_early=trial_id in stopped, cut_short=trial_id in cut, path=result.path,
         ))
     return records
 
@@ -69,7 +72,8 @@ def results_table(records: list[TrialRecord]) -> pd.DataFrame:
     for r in records:
         h = r.history
         has = METRIC in h and len(h) > 0
-        status = "failed" if r.error else "stopped" if r.stopped_early else "completed"
+        status = "failed" if r.error else "stopped" if r.stopped_early else \
+            "cut" if r.cut_short else "completed"
         rows.append({
             "trial_id": r.trial_id,
             "baseline": r.config.get(BASELINE_KEY, ""),

@@ -31,6 +31,7 @@ from search.space import Asha
 
 RAY_TRIAL_ID = "ray_trial_id"  # the Optuna trial's user attribute naming its Ray trial
 UNBUILDABLE = "unbuildable"  # the Optuna trial's user attribute: why its draw was not run
+CUT_SHORT = "cut_short"  # the Optuna trial's user attribute: the search ended before the trial
 REDRAWS = 100  # draws again of one trial's config whose model cannot be built, at most
 
 
@@ -261,9 +262,16 @@ class PruningOptunaSearch(OptunaSearch):
 
 
 def pruned_trial_ids(study: optuna.Study) -> set[str]:
-    """The Ray trial ids of the study's pruned trials: those ASHA stopped, in every part."""
+    """The Ray trial ids of the trials ASHA stopped, in every part."""
     return {t.user_attrs[RAY_TRIAL_ID] for t in study.get_trials(deepcopy=False)
-            if t.state == optuna.trial.TrialState.PRUNED and RAY_TRIAL_ID in t.user_attrs}
+            if t.state == optuna.trial.TrialState.PRUNED and RAY_TRIAL_ID in t.user_attrs
+            and CUT_SHORT not in t.user_attrs}
+
+
+def cut_trial_ids(study: optuna.Study) -> set[str]:
+    """The Ray trial ids of the trials the search ended before they did (`end_open_trials`)."""
+    return {t.user_attrs[RAY_TRIAL_ID] for t in study.get_trials(deepcopy=False)
+            if CUT_SHORT in t.user_attrs}
 
 
 def unbuildable_draws(study: optuna.Study) -> list[str]:
@@ -272,13 +280,21 @@ def unbuildable_draws(study: optuna.Study) -> list[str]:
             if UNBUILDABLE in t.user_attrs]
 
 
-def end_open_trials(study: optuna.Study, ray_trial_ids: set[str]) -> None:
+def end_open_trials(study: optuna.Study, ray_trial_ids: set[str]) -> set[str]:
     """End the study's trials left RUNNING once the search has ended: FAIL those no Ray
     trial ran (asked for just before the driver was killed, after Tune's last snapshot, so
     the resumed search never knew them); PRUNED those Ray ran, which Tune ended without
     telling the searcher, as a spent epoch budget ends the trials still running (they had
-    stayed RUNNING in the study, its lasting record)."""
+    stayed RUNNING in the study, its lasting record), and marks them `CUT_SHORT`: the
+    search's tables count them apart from those ASHA stopped. Returns their Ray trial ids."""
+    cut: set[str] = set()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        ran = trial.user_attrs.get(RAY_TRIAL_ID) in ray_trial_ids
+        ray_trial_id = str(trial.user_attrs.get(RAY_TRIAL_ID))
+        ran = ray_trial_id in ray_trial_ids
+        if ran:
+            # a finished trial's attributes cannot be set; `_trial_id` is the storage's key
+            optuna.trial.Trial(study, trial._trial_id).set_user_attr(CUT_SHORT, True)
+            cut.add(ray_trial_id)
         study.tell(trial.number, state=optuna.trial.TrialState.PRUNED if ran
                    else optuna.trial.TrialState.FAIL)
+    return cut

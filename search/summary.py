@@ -33,9 +33,10 @@ class Outcome:
 def print_summary(outcome: Outcome, tracking_uri: str) -> None:
     table = outcome.table
     counts = table["status"].value_counts() if not table.empty else {}
+    cut = f"{counts['cut']} cut short by the epoch budget, " if counts.get("cut") else ""
     print(f"\nsearch {outcome.name}: {len(table)} trials "
           f"({counts.get('completed', 0)} completed, {counts.get('stopped', 0)} stopped early "
-          f"by ASHA, {counts.get('failed', 0)} failed)")
+          f"by ASHA, {cut}{counts.get('failed', 0)} failed)")
     if 0 < counts.get("failed", 0) < len(table):  # all failed: search.run says so as an error
         error, count = commonest_failure(table)
         print(f"the commonest failure ({count} of {counts['failed']}): {error}")

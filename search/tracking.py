@@ -120,6 +120,15 @@ def trial_run(client: MlflowClient, parent_run_id: str, trial_id: str) -> str | 
     return run.info.run_id if run else None
 
 
+def tag_cut_runs(client: MlflowClient, parent_run_id: str, trial_ids: Collection[str]) -> None:
+    """Say why the runs of trials the search ended before they did (an epoch budget spent)
+    are KILLED: a `cut_short` tag. A query each: they are at most the trials run at once."""
+    for trial_id in trial_ids:
+        run_id = trial_run(client, parent_run_id, trial_id)
+        if run_id is not None:
+            client.set_tag(run_id, "cut_short", "true")
+
+
 def epoch_metrics(row: Mapping[str, Any]) -> list[Metric]:
     """An epoch's metrics as MLflow writes them: `step=training_iteration` (the epoch)."""
     at = int(row.get("timestamp") or time.time()) * 1000

@@ -41,14 +41,15 @@ def table_of(*records: TrialRecord):
     return results_table(list(records))
 
 
-def test_status_is_failed_then_stopped_then_completed() -> None:
+def test_status_is_failed_then_stopped_then_cut_then_completed() -> None:
     table = table_of(
         TrialRecord("a", {}, curve([0.5, 0.6]), 1.0),
         TrialRecord("b", {}, curve([0.4]), 1.0, stopped_early=True),
         TrialRecord("c", {}, curve([0.3]), 1.0, error="out of memory", stopped_early=True),
-        TrialRecord("d", {}, pd.DataFrame(), 1.0, error="could not build the model"))
+        TrialRecord("d", {}, pd.DataFrame(), 1.0, error="could not build the model"),
+        TrialRecord("e", {}, curve([0.2]), 1.0, cut_short=True))
     assert table.set_index("trial_id")["status"].to_dict() == \
-        {"a": "completed", "b": "stopped", "c": "failed", "d": "failed"}
+        {"a": "completed", "b": "stopped", "c": "failed", "d": "failed", "e": "cut"}
     assert all_failed(table) is False
     assert commonest_failure(table)[1] == 1
     assert all_failed(table[table["status"] == "failed"])

@@ -389,6 +389,11 @@ def test_epoch_budget_ends_the_search_and_closes_every_run(ray_local, tiny_space
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert runs and all(r.info.status != "RUNNING" for r in runs)
+    # the trials the budget ended: KILLED in MLflow, saying so, and counted apart from ASHA's
+    cut = set(table.loc[table["status"] == "cut", "trial_id"])
+    assert cut == {r.data.tags["trial_id"] for r in runs if r.data.tags.get("cut_short")} \
+        == {r.data.tags["trial_id"] for r in runs if r.info.status == "KILLED"}
+    assert (f"{len(cut)} cut short by the epoch budget" in capsys.readouterr().out) == bool(cut)
     assert main([space, "--epoch-budget", "0"]) == 2
     assert "--epoch-budget must be >= 1" in capsys.readouterr().err
 

@@ -21,7 +21,9 @@ from search.searcher import (
     UNBUILDABLE,
     PruningOptunaSearch,
     RecordingASHA,
+    cut_trial_ids,
     end_open_trials,
+    pruned_trial_ids,
     unbuildable_draws,
 )
 from search.space import Asha, load_space
@@ -124,8 +126,9 @@ def test_study_trials_left_running_are_ended_failed_if_no_ray_trial_ran_else_pru
     orphan.set_user_attr(RAY_TRIAL_ID, "b")  # asked, then the driver was killed
     done.set_user_attr(RAY_TRIAL_ID, "c")
     study.tell(done, 0.5)
-    end_open_trials(study, {"a", "c"})
+    assert end_open_trials(study, {"a", "c"}) == {"a"}
     assert [t.state.name for t in study.trials] == ["PRUNED", "FAIL", "COMPLETE"]
+    assert cut_trial_ids(study) == {"a"} and pruned_trial_ids(study) == set()  # not by ASHA
 
 
 def test_a_trial_the_study_has_already_ended_is_left_as_it_is() -> None:
