@@ -220,7 +220,10 @@ class PruningOptunaSearch(OptunaSearch):
         self._scheduler = scheduler
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if trial_id in self._completed_trials:
+        # a trial resumed from its checkpoint trains again, and reports again, the epochs
+        # after it, which Optuna has (it warned at each one: "already reported")
+        if trial_id in self._completed_trials or \
+                result["training_iteration"] <= self._last_step.get(trial_id, 0):
             return
         with self._unless_finished(trial_id):
             super().on_trial_result(trial_id, result)

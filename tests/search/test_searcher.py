@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,19 @@ def test_study_trials_left_running_are_ended_failed_if_no_ray_trial_ran_else_pru
     assert end_open_trials(study, {"a", "c"}) == {"a"}
     assert [t.state.name for t in study.trials] == ["PRUNED", "FAIL", "COMPLETE"]
     assert cut_trial_ids(study) == {"a"} and pruned_trial_ids(study) == set()  # not by ASHA
+
+
+def test_epochs_a_resumed_trial_reports_again_are_not_told_to_optuna_again() -> None:
+    """Resumed from its checkpoint at epoch 1, a trial that had reported epoch 2 reports it
+    again: Optuna keeps the first value and is not asked again (it warned each time)."""
+    searcher = PruningOptunaSearch(RecordingASHA(Asha(max_epochs=EPOCHS), 8), space=curve_space)
+    searcher.suggest("a")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for epoch, value in ((1, 0.5), (2, 0.6), (2, 0.55), (3, 0.7)):
+            searcher.on_trial_result("a", {METRIC: value, "training_iteration": epoch})
+    [trial] = searcher.study.trials
+    assert trial.intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7}
 
 
 def test_a_trial_the_study_has_already_ended_is_left_as_it_is() -> None:
