@@ -73,7 +73,10 @@ def run_parts(space: Space, listing: Listing, folder: SearchFolder, trainable: T
         grids.append(_fit(tuner, epoch_budget, folder.part_trials.get(part))
                      if part == folder.parts[-1] else tuner.get_results())
     todo = space.search.num_samples - sum(len(grid) for grid in grids)
-    if todo > 0 and not _spent(folder.path, epoch_budget):
+    if todo > 0 and _spent(folder.path, epoch_budget):
+        say(f"the epoch budget ({epoch_budget}) is spent: the {todo} trial(s) still to run "
+            f"are not run; a larger --epoch-budget runs them")
+    elif todo > 0:
         tuner = _new_part(space, folder, trial, resources, todo, not grids, tracking_uri,
                           epoch_budget, written)
         grids.append(_fit(tuner, epoch_budget, todo))

@@ -250,3 +250,11 @@ def test_a_budgeted_search_stopped_and_resumed_trains_its_budget_in_all(
         run_search(space, dataclasses.replace(options, resume=True), trial, register=None)
     reported = sum(len(rows) for rows in trial_results(tmp_path / "ray").values())
     assert 40 <= reported <= 40 + 2  # the reports of the trials running as the budget ended
+    # resumed again, the budget spent: nothing runs, and the search says why
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        outcome = run_search(space, dataclasses.replace(options, resume=True), trial,
+                             register=None)
+    assert f"the epoch budget (40) is spent: the {40 - len(outcome.table)} trial(s) still " \
+           f"to run are not run" in out.getvalue()
+    assert sum(len(rows) for rows in trial_results(tmp_path / "ray").values()) == reported
