@@ -37,15 +37,28 @@ class _Running:
     began: float
     planned: int
     results: int = 0
+    first_at: float = 0.0
     last_at: float = 0.0
     epoch: int = 0
     earlier_pace: float | None = None
 
     def pace(self) -> float | None:
-        """Seconds per epoch: since it started here, else before it started again."""
+        """Seconds per epoch: since its first result here, once it has two (its first epoch
+        carries its start: the model built and traced, a new worker's imports), else since
+        it started here, else before it started again."""
+        if self.results > 1:
+            return (self.last_at - self.first_at) / (self.results - 1)
+        if self.results:
+            return self.last_at - self.began
+        return self.earlier_pace
+
+    def reported(self, epoch: int, now: float) -> float | None:
+        """It reported `epoch` at `now`; returns the time since its last result, if any."""
+        since = now - self.last_at if self.results else None
         if not self.results:
-            return self.earlier_pace
-        return (self.last_at - self.began) / self.results
+            self.first_at = now
+        self.results, self.epoch, self.last_at = self.results + 1, epoch, now
+        return since
 
     def left(self, now: float, epochs: float) -> float | None:
         """Its own time for `epochs` more at its pace, less what it has spent on the epoch it
@@ -79,6 +92,8 @@ class Progress:
     best: tuple[float, str] | None = None  # (val_accuracy, trial id)
     started_any: bool = False
     paced_at: float = 0.0  # when a trial last reported or ended
+    first_result_at: float | None = None  # this part's first result
+    start_up: float | None = None  # of this part, before its first epoch began: not paced
     expected: float = 0.0  # the epochs the trials started here could be expected to run
     started_trials: int = 0  # the trials started here (one started again counted once)
 
@@ -100,9 +115,16 @@ class Progress:
         """Trial `trial_id` reported `value` for `epoch` at `now`."""
         self.epochs += 1
         self.paced_at = now
+        if self.first_result_at is None:
+            self.first_result_at = now
         running = self.running.get(trial_id)
         if running is not None:
-            running.results, running.epoch, running.last_at = running.results + 1, epoch, now
+            epoch_s = running.reported(epoch, now)
+            if epoch_s is not None and self.start_up is None:
+                # the part's first epoch began about an epoch before its first result: what
+                # came before (Ray's workers starting, their imports) is paid once, and
+                # paced, it had the first estimates at twice the time left
+                self.start_up = max(0.0, self.first_result_at - epoch_s - self.started)
         if self.best is None or value > self.best[0]:
             self.best = (value, trial_id)
 
@@ -138,7 +160,8 @@ class Progress:
         and took those ASHA stops first, which end first, for the mean trial: 40 trials of
         6-s epochs, 4 at a time, said 8:30 left when 2:36 was, as trials ended together.)"""
         at = self.paced_at
-        pace = (at - self.started) / self.epochs if self.epochs else None
+        pace = (at - self.started - (self.start_up or 0.0)) / self.epochs if self.epochs \
+            else None
         if self.epoch_budget:
             left = self.epoch_budget - self.epochs_before - self.epochs
             return None if pace is None else max(0.0, pace * left - (now - at))

@@ -16,8 +16,9 @@ from search.study_views import LEGEND_MAX, param_importances, study_figures
 
 def test_progress_line_counts_trials_and_estimates_the_rest() -> None:
     """ASHA's rung at 1 of 2 epochs keeps one trial in 2: a trial runs 1.5 epochs, as
-    expected; 3 epochs in 60 s, 2 trials at a time, say 20 s an epoch: the 6 trials left
-    take 9 epochs, 3 minutes."""
+    expected. b's second epoch took 20 s, so the part's first epochs began 10 s in (a's
+    result came at 30 s): 3 epochs in the 50 s since, 2 trials at a time, 16.7 s an epoch:
+    the 6 trials left take 9 epochs, 2:30."""
     p = Progress(total=8, started=100.0, asha=Asha(max_epochs=2, grace_period=1,
                                                   reduction_factor=2))
     for t in ("a", "b"):
@@ -31,7 +32,7 @@ def test_progress_line_counts_trials_and_estimates_the_rest() -> None:
     line = p.line(160.0)
     assert line.startswith("[1:00] 2/8 trials done (1 completed, 1 stopped early, 0 failed)")
     assert "0 running" in line and "best val_accuracy 0.7500 (b)" in line
-    assert "~3:00 left" in line
+    assert "~2:30 left" in line
     for t in "cdefgh":
         p.end(t, "failed")
     assert p.line(3700.0).startswith("[1:00:00] 8/8 trials done") and p.line(0).endswith("done")
@@ -154,13 +155,29 @@ def test_while_no_trial_can_start_the_line_says_what_they_wait_for() -> None:
     assert "waiting" not in p.line(120.0)
 
 
+def test_the_start_of_a_part_is_not_paced() -> None:
+    """Two trials start at once, their workers 3 s in starting (imports), then 2 s an epoch:
+    the first results come at 5 s, the next at 7 s. Paced from the part's start, 4 epochs
+    in 7 s said 1.75 s an epoch (the 12 epochs left, 21 s); from the first epochs' start,
+    1 s (12 s)."""
+    p = Progress(total=8, started=0.0, asha=Asha(max_epochs=2, grace_period=2))
+    for t in ("a", "b"):
+        p.start(t, planned=2, now=0.0)
+    for epoch, now in ((1, 5.0), (2, 7.0)):
+        p.result("a", 0.5, epoch=epoch, now=now)
+        p.result("b", 0.5, epoch=epoch, now=now)
+    p.end("a", "completed", now=7.0)
+    p.end("b", "completed", now=7.0)
+    assert p.line(7.0).endswith("~0:12 left")
+
+
 def test_with_an_epoch_budget_the_estimate_is_by_epochs() -> None:
     """A budgeted search ends at its budget, not at its (large) number of trials."""
     p = Progress(total=1000, started=0.0, epoch_budget=75)
     p.start("a")
-    assert "estimating time left" in p.line(5.0)
-    for _ in range(25):
-        p.result("a", 0.5, now=10.0)
+    assert "estimating time left" in p.line(0.2)
+    for epoch in range(1, 26):
+        p.result("a", 0.5, epoch=epoch, now=epoch * 0.4)
     p.end("a", "stopped", now=10.0)
     assert "~0:20 left" in p.line(10.0)  # 25 epochs in 10 s: 50 left take 20 s
     for _ in range(50):
