@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -22,7 +21,6 @@ from ray.tune.experiment import Trial
 from ray.tune.result import SHOULD_CHECKPOINT
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
-from ray.tune.stopper import Stopper
 
 from search.console import say
 from search.growth import grown_cpus
@@ -147,32 +145,6 @@ class RecordingASHA(ASHAScheduler):
             self._node_cpus.update({n["NodeID"]: n["Resources"].get("CPU", 0.0)
                                     for n in ray.nodes() if n["Alive"]})
         return self._node_cpus.get(node, 0.0)
-
-
-class EpochBudget(Stopper):
-    """Ends the whole search once its trials have trained `epochs` epochs in all (each
-    report is one epoch), so searches can be compared, or run, at a fixed compute budget.
-    The epochs of the search's earlier parts and runs count too: a part Tune resumes
-    unpickles this as the part was made, so at its first report it counts those the trials
-    in `folder` have reported (a resumed budgeted search had trained its budget again)."""
-
-    def __init__(self, epochs: int, folder: Path):
-        self.epochs, self.folder = epochs, folder
-        self.spent: int | None = None
-
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        # Tune asks before its logger writes this report
-        self.spent = (epochs_reported(self.folder) if self.spent is None else self.spent) + 1
-        return False
-
-    def stop_all(self) -> bool:
-        return self.spent is not None and self.spent >= self.epochs
-
-
-def epochs_reported(folder: Path) -> int:
-    """The epochs the trials of the search in `folder` have reported, in all its parts: the
-    lines of their results (Tune's result.json, one report a line)."""
-    return sum(path.read_bytes().count(b"\n") for path in folder.glob("part-*/*/result.json"))
 
 
 class PruningOptunaSearch(OptunaSearch):

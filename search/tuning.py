@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from ray import tune
 
+from search.budget import EpochBudget, spent
 from search.checkpoints import prune
 from search.console import say
 from search.folder import STUDY_NAME, SearchFolder
@@ -23,12 +24,7 @@ from search.pruner import CheckpointPruner
 from search.ray_start import node_cpus
 from search.sampling import DefineByRun, cannot_build
 from search.saved_state import unended
-from search.searcher import (
-    EpochBudget,
-    PruningOptunaSearch,
-    RecordingASHA,
-    epochs_reported,
-)
+from search.searcher import PruningOptunaSearch, RecordingASHA
 from search.snapshots import SnapshotKeeper, TrialResultLogger, mend
 from search.space import Space, TrialResources
 from search.tpe import RanTrialsTPE, tpe_startup_trials
@@ -73,7 +69,7 @@ def run_parts(space: Space, listing: Listing, folder: SearchFolder, trainable: T
         grids.append(_fit(tuner, epoch_budget, folder.part_trials.get(part))
                      if part == folder.parts[-1] else tuner.get_results())
     todo = space.search.num_samples - sum(len(grid) for grid in grids)
-    if todo > 0 and _spent(folder.path, epoch_budget):
+    if todo > 0 and spent(folder.path, epoch_budget):
         say(f"the epoch budget ({epoch_budget}) is spent: the {todo} trial(s) still to run "
             f"are not run; a larger --epoch-budget runs them")
     elif todo > 0:
@@ -98,15 +94,10 @@ def _fit(tuner: tune.Tuner, epoch_budget: int | None,
     results = list(grid)  # type: ignore[call-overload]  # iterates by __getitem__
     left = unended(grid.experiment_path)  # None: unreadable, for resume to mend
     cut = (trials is not None and len(results) < trials) or left is None or bool(left)
-    if cut and not _spent(Path(grid.experiment_path).parent, epoch_budget):
+    if cut and not spent(Path(grid.experiment_path).parent, epoch_budget):
         raise SearchStopped("the search was stopped before its trials ended")
     prune(grid)
     return grid
-
-
-def _spent(folder: Path, epoch_budget: int | None) -> bool:
-    """Whether the search in `folder` has trained its epoch budget, if it has one."""
-    return epoch_budget is not None and epochs_reported(folder) >= epoch_budget
 
 
 def _new_part(space: Space, folder: SearchFolder, trainable: Any, resources: TrialResources,
