@@ -100,6 +100,10 @@ def _search(space: Space, listing: Listing, options: Options, folder: SearchFold
     """The search in its folder: run its parts, then record the results and register the
     best model."""
     parent = folder.parent_run_id
+    # the budget of this run, not of the one that made a part: read by each part's stopper
+    # and progress line as Tune starts or resumes it
+    folder.epoch_budget = options.epoch_budget
+    folder.save()
     init_ray(options.address)
     written: set[str] = set()  # trials whose MLflow runs need no check against Ray
     done = run_parts(space, listing, folder, trainable, options.tracking_uri,

@@ -2,7 +2,7 @@
 
     <storage>/<search name>/
         search.json       the space's name and values, the MLflow parent run, the Tune
-                          experiments (parts)
+                          experiments (parts), the epoch budget of the driver running it
         driver.lock       the host and pid of the driver running the search, while it runs
         optuna.journal    the Optuna study, shared by every part: the sampler learns from all
         part-1/ part-2/   one Ray Tune experiment each (the search, then each extension)
@@ -58,6 +58,8 @@ class SearchFolder:
     parts: list[str] = field(default_factory=list)
     space_values: dict[str, str] = field(default_factory=dict)  # `search.space.describe`
     part_trials: dict[str, int] = field(default_factory=dict)  # the trials each part makes
+    epoch_budget: int | None = None  # the --epoch-budget of the driver running it now
+    budget_ended: list[str] = field(default_factory=list)  # parts an epoch budget ended
 
     @classmethod
     def create(cls, storage: Path, space: str, space_values: dict[str, str]) -> SearchFolder:

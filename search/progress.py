@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from search.console import say
+from search.folder import SearchFolder
 from search.objective import METRIC
 from search.space import Asha
 
@@ -87,6 +89,7 @@ class Progress:
     completed: int = 0
     stopped: int = 0
     failed: int = 0
+    cut: int = 0  # ended by the epoch budget before their planned epochs (a resumed part's)
     epochs: int = 0  # results reported: one per epoch
     epochs_before: int = 0  # trained before this part was resumed: spent of a budget, not paced
     best: tuple[float, str] | None = None  # (val_accuracy, trial id)
@@ -99,7 +102,7 @@ class Progress:
 
     @property
     def done(self) -> int:
-        return self.completed + self.stopped + self.failed
+        return self.completed + self.stopped + self.failed + self.cut
 
     def start(self, trial_id: str, planned: int = 0, now: float = 0.0) -> None:
         """Trial `trial_id` started at `now`, to run `planned` epochs unless stopped."""
@@ -131,7 +134,8 @@ class Progress:
     def restored(self, trial_id: str, how: str | None, best: float | None,
                  epochs: int) -> None:
         """A trial that a resumed part brings back, having trained `epochs` epochs and
-        reached `best`: ended (`how`, as in `end`), or to go on (None)."""
+        reached `best`: ended (`how`, as in `end`, or cut: by an epoch budget), or to go on
+        (None)."""
         self.epochs_before += epochs
         if how is not None:
             setattr(self, how, getattr(self, how) + 1)
@@ -190,18 +194,20 @@ class Progress:
                   f"(search.resources)"
         best = f"best {METRIC} {self.best[0]:.4f} ({self.best[1]})" if self.best else \
             f"no {METRIC} yet"
+        cut = f"{self.cut} cut short by the epoch budget, " if self.cut else ""
         return (f"[{_clock(elapsed)}] {self.done}/{self.total} trials done "
-                f"({self.completed} completed, {self.stopped} stopped early, "
+                f"({self.completed} completed, {self.stopped} stopped early, {cut}"
                 f"{self.failed} failed), {len(self.running)} running; {best}; {eta}")
 
 
 class ProgressCallback(Callback):
     """Prints `Progress.line()` when a trial ends and at least every `every_s` seconds."""
 
-    def __init__(self, total: int, stopped: set[str], asha: Asha,
-                 epoch_budget: int | None = None, asks: str = "", every_s: float = 30.0):
-        self.progress = Progress(total, time.monotonic(), epoch_budget, asks, asha)
+    def __init__(self, total: int, stopped: set[str], asha: Asha, folder: Path | None = None,
+                 asks: str = "", every_s: float = 30.0):
+        self.progress = Progress(total, time.monotonic(), None, asks, asha)
         self.stopped = stopped  # trial ids the scheduler stopped early (filled by it)
+        self.folder = folder  # the search's, whose epoch budget is read as Tune begins
         self.every_s = every_s  # (no stream kept: Tune pickles its callbacks)
         self._printed = time.monotonic()
         self._restoring = False
@@ -210,9 +216,11 @@ class ProgressCallback(Callback):
         """Tune begins: a new part, or a resumed one with this callback unpickled as it was
         when the part was made, its clock another process's (and the resume's first line
         said that no trial had started for minutes, waiting for a node). The clock starts
-        now; the trials Tune restored are counted at its first step."""
+        now, with the epoch budget given now; the trials Tune restored are counted at its
+        first step."""
         p = self.progress
-        self.progress = Progress(p.total, time.monotonic(), p.epoch_budget, p.asks, p.asha)
+        budget = SearchFolder.load(self.folder).epoch_budget if self.folder else None
+        self.progress = Progress(p.total, time.monotonic(), budget, p.asks, p.asha)
         self._printed = self.progress.started
         self._restoring = True
 
@@ -221,14 +229,24 @@ class ProgressCallback(Callback):
             return
         self._restoring = False
         for trial in trials:
-            epochs = int((trial.last_result or {}).get("training_iteration", 0))
-            ended = trial.status in ("TERMINATED", "ERROR")
-            if not (epochs or ended):
-                continue  # not started yet
-            how = "failed" if trial.status == "ERROR" else None if not ended else \
-                "stopped" if epochs < self.progress.asha.planned(trial.config) else "completed"
-            best = trial.metric_analysis.get(METRIC, {}).get("max")
-            self.progress.restored(trial.trial_id, how, best, epochs)
+            last = trial.last_result or {}
+            epochs = int(last.get("training_iteration", 0))
+            if epochs or trial.status in ("TERMINATED", "ERROR"):  # else not started yet
+                best = trial.metric_analysis.get(METRIC, {}).get("max")
+                self.progress.restored(trial.trial_id, self._ended(trial, last), best, epochs)
+
+    def _ended(self, trial: Any, last: dict[str, Any]) -> str | None:
+        """How a trial Tune restored had ended (None: it goes on). By its epochs alone, a
+        trial that Keras' early stopping ended, or the epoch budget, was stopped early."""
+        if trial.status == "ERROR":
+            return "failed"
+        if trial.status != "TERMINATED":
+            return None
+        if trial.trial_id in self.stopped:  # the scheduler's, with its saved state's stops
+            return "stopped"
+        # Tune marks `done` the result of a trial that returned or that it stopped; the
+        # budget ends the search around the trials still running
+        return "completed" if last.get("done") else "cut"
 
     def _print(self) -> None:
         self._printed = time.monotonic()

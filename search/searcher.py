@@ -186,9 +186,11 @@ class PruningOptunaSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         # the saved state holds a copy of the scheduler: keep the one Tune runs with, whose
-        # `stopped` set the callbacks share
+        # `stopped` set the callbacks share, and add to it the trials the copy had stopped
+        # (the progress line of a resumed part counts its trials that ended by it)
         scheduler = self._scheduler
         super().restore(checkpoint_path)
+        scheduler.stopped |= self._scheduler.stopped
         self._scheduler = scheduler
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -66,24 +65,29 @@ def run_parts(space: Space, listing: Listing, folder: SearchFolder, trainable: T
         if not tune.Tuner.can_restore(path):
             continue  # killed before Tune wrote its first state: no trial ran
         tuner = tune.Tuner.restore(path, trial, resume_unfinished=True)
-        grids.append(_fit(tuner, epoch_budget, folder.part_trials.get(part))
-                     if part == folder.parts[-1] else tuner.get_results())
+        # a part an epoch budget ended runs no more (Tune ended its searcher): a larger
+        # budget runs the trials it did not make in a new part
+        grids.append(_fit(tuner, folder, part, epoch_budget)
+                     if part == folder.parts[-1] and part not in folder.budget_ended
+                     else tuner.get_results())
     todo = space.search.num_samples - sum(len(grid) for grid in grids)
     if todo > 0 and spent(folder.path, epoch_budget):
         say(f"the epoch budget ({epoch_budget}) is spent: the {todo} trial(s) still to run "
             f"are not run; a larger --epoch-budget runs them")
     elif todo > 0:
         tuner = _new_part(space, folder, trial, resources, todo, not grids, tracking_uri,
-                          epoch_budget, written)
-        grids.append(_fit(tuner, epoch_budget, todo))
+                          written)
+        grids.append(_fit(tuner, folder, folder.parts[-1], epoch_budget))
     return grids
 
 
-def _fit(tuner: tune.Tuner, epoch_budget: int | None,
-         trials: int | None = None) -> tune.ResultGrid:
-    """Run a Tune part to its end, then keep each trial's best checkpoint alone. The part
-    is to make `trials` trials (None: not known, a part made before the count was kept)."""
+def _fit(tuner: tune.Tuner, folder: SearchFolder, part: str,
+         epoch_budget: int | None) -> tune.ResultGrid:
+    """Run the Tune part `part` of `folder` to its end, then keep each trial's best checkpoint
+    alone. A part the epoch budget ended before all its trials is recorded so
+    (`SearchFolder.budget_ended`)."""
     grid = tuner.fit()
+    trials = folder.part_trials.get(part)  # None: a part made before the count was kept
     # told to stop (its SIGINT handler), Tune saves its state, stops the running trials and
     # returns: the state it saved has trials it left to run, or the part has fewer trials
     # than it was to make. (Their last results had told it before, not being `done`; but a
@@ -94,14 +98,17 @@ def _fit(tuner: tune.Tuner, epoch_budget: int | None,
     results = list(grid)  # type: ignore[call-overload]  # iterates by __getitem__
     left = unended(grid.experiment_path)  # None: unreadable, for resume to mend
     cut = (trials is not None and len(results) < trials) or left is None or bool(left)
-    if cut and not spent(Path(grid.experiment_path).parent, epoch_budget):
+    if cut and not spent(folder.path, epoch_budget):
         raise SearchStopped("the search was stopped before its trials ended")
+    if cut:
+        folder.budget_ended.append(part)
+        folder.save()
     prune(grid)
     return grid
 
 
 def _new_part(space: Space, folder: SearchFolder, trainable: Any, resources: TrialResources,
-              num_samples: int, first: bool, tracking_uri: str, epoch_budget: int | None,
+              num_samples: int, first: bool, tracking_uri: str,
               written: set[str]) -> tune.Tuner:
     """A Tune experiment of `num_samples` trials in the search's folder, its searcher on the
     search's Optuna study. The first part runs the baselines first."""
@@ -129,13 +136,13 @@ def _new_part(space: Space, folder: SearchFolder, trainable: Any, resources: Tri
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             name=part, storage_path=str(folder.path),
-            stop=EpochBudget(epoch_budget, folder.path) if epoch_budget else None,
+            stop=EpochBudget(folder.path),
             # our progress line replaces Tune's status tables; the pruner keeps checkpoints
             # down to what resuming and registering need (search/checkpoints.py); the keeper
             # keeps a whole copy of Tune's snapshot, and each trial's results whole across
             # its restarts (search/snapshots.py)
             callbacks=[logger, ProgressCallback(num_samples, scheduler.stopped, s.asha,
-                                                epoch_budget, str(resources)),
+                                                folder.path, str(resources)),
                        CheckpointPruner(), SnapshotKeeper(),
                        TrialResultLogger()],  # type: ignore[no-untyped-call]
             verbose=0,

@@ -236,7 +236,8 @@ def test_a_search_stopped_as_asha_stops_a_trial_resumes_to_its_end(
 def test_a_budgeted_search_stopped_and_resumed_trains_its_budget_in_all(
         ray_local, tmp_path: Path, monkeypatch) -> None:
     """The budget's count was unpickled as the part was made, at 0: resumed after 15 epochs,
-    a search of 40 trained 40 more (and a new part for its trials not drawn, 40 more)."""
+    a search of 40 trained 40 more (and a new part for its trials not drawn, 40 more). Its
+    budget spent, it resumes with a larger one."""
     monkeypatch.chdir(tmp_path)
     stop_once(monkeypatch, lambda result, logged: logged == 15)
     space = load_space(write_curve_space(tmp_path, epochs=8, num_samples=40,
@@ -258,3 +259,11 @@ def test_a_budgeted_search_stopped_and_resumed_trains_its_budget_in_all(
     assert f"the epoch budget (40) is spent: the {40 - len(outcome.table)} trial(s) still " \
            f"to run are not run" in out.getvalue()
     assert sum(len(rows) for rows in trial_results(tmp_path / "ray").values()) == reported
+    # resumed with a larger budget: the trials not made yet run in a new part, up to it (the
+    # part the budget ended, restored with its old budget, had stopped at once, and every
+    # resume said the search was stopped)
+    with contextlib.redirect_stdout(None):
+        more = run_search(space, dataclasses.replace(options, resume=True, epoch_budget=60),
+                          trial, register=None)
+    assert 60 <= sum(len(rows) for rows in trial_results(tmp_path / "ray").values()) <= 60 + 2
+    assert len(more.table) > len(outcome.table)

@@ -145,6 +145,21 @@ def test_epochs_a_resumed_trial_reports_again_are_not_told_to_optuna_again() -> 
     assert trial.intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7}
 
 
+def test_a_restored_searcher_keeps_tunes_scheduler_and_adds_the_stops_it_saved(
+        tmp_path: Path) -> None:
+    """Tune restores a resumed part's searcher from its saved state, which holds a copy of
+    the scheduler: the scheduler Tune runs with stays (the callbacks share its `stopped`),
+    and learns the trials the copy had stopped."""
+    saved = PruningOptunaSearch(RecordingASHA(Asha(max_epochs=EPOCHS), 8), space=curve_space)
+    saved.suggest("a")
+    saved._scheduler.stopped.add("a")
+    saved.save(str(tmp_path / "searcher.pkl"))
+    running = RecordingASHA(Asha(max_epochs=EPOCHS), 8)
+    searcher = PruningOptunaSearch(running, space=curve_space)
+    searcher.restore(str(tmp_path / "searcher.pkl"))
+    assert searcher._scheduler is running and running.stopped == {"a"}
+
+
 def test_a_trial_the_study_has_already_ended_is_left_as_it_is() -> None:
     """The driver was killed after telling Optuna a trial's end, before Tune's snapshot
     recorded it: resumed, the trial trains its last epochs again and reports them."""

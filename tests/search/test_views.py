@@ -114,22 +114,29 @@ def test_once_every_trial_has_started_the_running_ones_are_all_that_is_left() ->
 def test_a_resumed_part_counts_the_trials_it_restored_on_a_clock_of_its_own() -> None:
     """Tune unpickles a resumed part's callbacks as they were made, in the driver that was
     killed, an hour ago here: the line's clock started there (and at once said no trial had
-    started for minutes, waiting for a node), and the trials that had ended went uncounted."""
-    callback = ProgressCallback(4, set(), Asha(max_epochs=3), epoch_budget=None,
-                                asks="1 CPU, 0 GPU")
+    started for minutes, waiting for a node), and the trials that had ended went uncounted.
+    Each ended trial counts as it ended: ASHA's stops by the scheduler's record, not by the
+    epochs (Keras' early stopping ends a trial short of them too), and a trial the epoch
+    budget cut short by its last result, which Tune did not mark `done`."""
+    callback = ProgressCallback(6, set(), Asha(max_epochs=3), asks="1 CPU, 0 GPU")
     callback.progress.started -= 3600
     callback = pickle.loads(pickle.dumps(callback))
-    trials = [Trial("__fake", config={"epochs": 3}, stub=True) for _ in range(4)]
-    statuses = ("TERMINATED", "TERMINATED", "PAUSED", "PENDING")
-    for trial, epochs, status in zip(trials, (3, 1, 2, 0), statuses, strict=True):
+    trials = [Trial("__fake", config={"epochs": 3}, trial_id=trial_id, stub=True)
+              for trial_id in ("full", "asha", "keras", "budget", "paused", "pending")]
+    ends = (("TERMINATED", 3, True), ("TERMINATED", 1, True), ("TERMINATED", 2, True),
+            ("TERMINATED", 1, False), ("PAUSED", 2, False), ("PENDING", 0, False))
+    for trial, (status, epochs, done) in zip(trials, ends, strict=True):
         for epoch in range(1, epochs + 1):
-            trial.update_last_result({METRIC: epoch / 10, "training_iteration": epoch})
+            trial.update_last_result({METRIC: epoch / 10, "training_iteration": epoch,
+                                      "done": done and epoch == epochs})
         trial.set_status(status)
+    callback.stopped.add("asha")  # the restored searcher adds its saved stops
     callback.setup()
     callback.on_step_begin(0, trials)
     line = callback.progress.line(time.monotonic())
-    assert line.startswith("[0:00] 2/4 trials done (1 completed, 1 stopped early, 0 failed), "
-                           "0 running; best val_accuracy 0.3000"), line
+    assert line.startswith("[0:00] 4/6 trials done (2 completed, 1 stopped early, 1 cut short "
+                           "by the epoch budget, 0 failed), 0 running; best val_accuracy "
+                           "0.3000"), line
 
 
 def test_a_resumed_budget_counts_the_epochs_spent_before_but_paces_its_own() -> None:
