@@ -54,13 +54,11 @@ class _Running:
             return self.last_at - self.began
         return self.earlier_pace
 
-    def reported(self, epoch: int, now: float) -> float | None:
-        """It reported `epoch` at `now`; returns the time since its last result, if any."""
-        since = now - self.last_at if self.results else None
+    def reported(self, epoch: int, now: float) -> None:
+        """It reported `epoch` at `now`."""
         if not self.results:
             self.first_at = now
         self.results, self.epoch, self.last_at = self.results + 1, epoch, now
-        return since
 
     def left(self, now: float, epochs: float) -> float | None:
         """Its own time for `epochs` more at its pace, less what it has spent on the epoch it
@@ -114,20 +112,23 @@ class Progress:
             self.started_trials += 1
         self.started_any = True
 
-    def result(self, trial_id: str, value: float, epoch: int = 0, now: float = 0.0) -> None:
-        """Trial `trial_id` reported `value` for `epoch` at `now`."""
+    def result(self, trial_id: str, value: float, epoch: int = 0, now: float = 0.0,
+               took: float | None = None) -> None:
+        """Trial `trial_id` reported `value` for `epoch` at `now`, `took` seconds after its
+        last report (or its start, in its worker: Tune's `time_this_iter_s`)."""
         self.epochs += 1
         self.paced_at = now
         if self.first_result_at is None:
             self.first_result_at = now
+            if took is not None:
+                # what came before the part's first epoch (Ray's workers starting, their
+                # imports) is paid once; paced, it had the first estimates at twice the time
+                # left. (Timed by a trial's second result, it was known only once a trial
+                # had two, after the first line.)
+                self.start_up = max(0.0, now - took - self.started)
         running = self.running.get(trial_id)
         if running is not None:
-            epoch_s = running.reported(epoch, now)
-            if epoch_s is not None and self.start_up is None:
-                # the part's first epoch began about an epoch before its first result: what
-                # came before (Ray's workers starting, their imports) is paid once, and
-                # paced, it had the first estimates at twice the time left
-                self.start_up = max(0.0, self.first_result_at - epoch_s - self.started)
+            running.reported(epoch, now)
         if self.best is None or value > self.best[0]:
             self.best = (value, trial_id)
 
@@ -260,7 +261,8 @@ class ProgressCallback(Callback):
                         result: dict[str, Any], **info: Any) -> None:
         if METRIC in result:
             self.progress.result(trial.trial_id, result[METRIC],
-                                 result.get("training_iteration", 0), time.monotonic())
+                                 result.get("training_iteration", 0), time.monotonic(),
+                                 result.get("time_this_iter_s"))
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:

@@ -16,18 +16,18 @@ from search.study_views import LEGEND_MAX, param_importances, study_figures
 
 def test_progress_line_counts_trials_and_estimates_the_rest() -> None:
     """ASHA's rung at 1 of 2 epochs keeps one trial in 2: a trial runs 1.5 epochs, as
-    expected. b's second epoch took 20 s, so the part's first epochs began 10 s in (a's
-    result came at 30 s): 3 epochs in the 50 s since, 2 trials at a time, 16.7 s an epoch:
-    the 6 trials left take 9 epochs, 2:30."""
+    expected. a's first epoch took 20 s in its worker, so the part's first epochs began 10 s
+    in (its result came at 30 s): 3 epochs in the 50 s since, 2 trials at a time, 16.7 s an
+    epoch: the 6 trials left take 9 epochs, 2:30."""
     p = Progress(total=8, started=100.0, asha=Asha(max_epochs=2, grace_period=1,
                                                   reduction_factor=2))
     for t in ("a", "b"):
         p.start(t, planned=2, now=100.0)
     assert "0/8 trials done" in p.line(110.0) and "estimating time left" in p.line(110.0)
-    p.result("a", 0.5, epoch=1, now=130.0)
+    p.result("a", 0.5, epoch=1, now=130.0, took=20.0)
     p.end("a", "stopped", now=130.0)
-    p.result("b", 0.75, epoch=1, now=140.0)
-    p.result("b", 0.6, epoch=2, now=160.0)
+    p.result("b", 0.75, epoch=1, now=140.0, took=30.0)
+    p.result("b", 0.6, epoch=2, now=160.0, took=20.0)
     p.end("b", "completed", now=160.0)
     line = p.line(160.0)
     assert line.startswith("[1:00] 2/8 trials done (1 completed, 1 stopped early, 0 failed)")
@@ -164,15 +164,18 @@ def test_while_no_trial_can_start_the_line_says_what_they_wait_for() -> None:
 
 def test_the_start_of_a_part_is_not_paced() -> None:
     """Two trials start at once, their workers 3 s in starting (imports), then 2 s an epoch:
-    the first results come at 5 s, the next at 7 s. Paced from the part's start, 4 epochs
-    in 7 s said 1.75 s an epoch (the 12 epochs left, 21 s); from the first epochs' start,
-    1 s (12 s)."""
+    the first results come at 5 s, each 2 s after its trial began in its worker, the next
+    at 7 s. Paced from the part's start, 4 epochs in 7 s said 1.75 s an epoch (the 12
+    epochs left, 21 s); from the first epochs' start, 1 s (12 s); and as the first results
+    come, 2 epochs in 2 s (the 14 left, 14 s), not in 5 s (35 s)."""
     p = Progress(total=8, started=0.0, asha=Asha(max_epochs=2, grace_period=2))
     for t in ("a", "b"):
         p.start(t, planned=2, now=0.0)
-    for epoch, now in ((1, 5.0), (2, 7.0)):
-        p.result("a", 0.5, epoch=epoch, now=now)
-        p.result("b", 0.5, epoch=epoch, now=now)
+    p.result("a", 0.5, epoch=1, now=5.0, took=2.0)
+    p.result("b", 0.5, epoch=1, now=5.0, took=2.0)
+    assert p.line(5.0).endswith("~0:14 left")
+    p.result("a", 0.5, epoch=2, now=7.0, took=2.0)
+    p.result("b", 0.5, epoch=2, now=7.0, took=2.0)
     p.end("a", "completed", now=7.0)
     p.end("b", "completed", now=7.0)
     assert p.line(7.0).endswith("~0:12 left")
