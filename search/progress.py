@@ -95,6 +95,7 @@ class Progress:
     paced_at: float = 0.0  # when a trial last reported or ended
     first_result_at: float | None = None  # this part's first result
     start_up: float | None = None  # of this part, before its first epoch began: not paced
+    epoch_timed: bool = False  # start_up timed by a trial's second epoch, not its first
     expected: float = 0.0  # the epochs the trials started here could be expected to run
     started_trials: int = 0  # the trials started here (one started again counted once)
 
@@ -120,15 +121,17 @@ class Progress:
         self.paced_at = now
         if self.first_result_at is None:
             self.first_result_at = now
-            if took is not None:
-                # what came before the part's first epoch (Ray's workers starting, their
-                # imports) is paid once; paced, it had the first estimates at twice the time
-                # left. (Timed by a trial's second result, it was known only once a trial
-                # had two, after the first line.)
-                self.start_up = max(0.0, now - took - self.started)
         running = self.running.get(trial_id)
         if running is not None:
             running.reported(epoch, now)
+        if took is not None and not self.epoch_timed:
+            # what came before the part's first epoch began is paid once; paced, it had the
+            # first estimates at twice the time left. That epoch is taken to be what the
+            # first result took in its worker (Ray's workers starting, their imports, left
+            # out), then, once a trial reports its second epoch, what that one took (the
+            # first's extra left out too: a worker's first TensorFlow graph, the data opened)
+            self.start_up = max(0.0, self.first_result_at - took - self.started)
+            self.epoch_timed = running is not None and running.results > 1
         if self.best is None or value > self.best[0]:
             self.best = (value, trial_id)
 

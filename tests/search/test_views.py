@@ -163,17 +163,18 @@ def test_while_no_trial_can_start_the_line_says_what_they_wait_for() -> None:
 
 
 def test_the_start_of_a_part_is_not_paced() -> None:
-    """Two trials start at once, their workers 3 s in starting (imports), then 2 s an epoch:
-    the first results come at 5 s, each 2 s after its trial began in its worker, the next
-    at 7 s. Paced from the part's start, 4 epochs in 7 s said 1.75 s an epoch (the 12
-    epochs left, 21 s); from the first epochs' start, 1 s (12 s); and as the first results
-    come, 2 epochs in 2 s (the 14 left, 14 s), not in 5 s (35 s)."""
+    """Two trials start at once, their workers 3 s in starting (imports), then 2 s an epoch,
+    the first 1 s more (the model traced): the first results come at 5 s, each 3 s after its
+    trial began in its worker, the next at 7 s. Paced from the part's start, 4 epochs in 7 s
+    said 1.75 s an epoch (the 12 epochs left, 21 s); from the first epochs' start, 1 s
+    (12 s); and as the first results come, 2 epochs in the 3 s since their trials began
+    (the 14 left, 21 s), not in 5 s (35 s)."""
     p = Progress(total=8, started=0.0, asha=Asha(max_epochs=2, grace_period=2))
     for t in ("a", "b"):
         p.start(t, planned=2, now=0.0)
-    p.result("a", 0.5, epoch=1, now=5.0, took=2.0)
-    p.result("b", 0.5, epoch=1, now=5.0, took=2.0)
-    assert p.line(5.0).endswith("~0:14 left")
+    p.result("a", 0.5, epoch=1, now=5.0, took=3.0)
+    p.result("b", 0.5, epoch=1, now=5.0, took=3.0)
+    assert p.line(5.0).endswith("~0:21 left")
     p.result("a", 0.5, epoch=2, now=7.0, took=2.0)
     p.result("b", 0.5, epoch=2, now=7.0, took=2.0)
     p.end("a", "completed", now=7.0)
