@@ -31,7 +31,9 @@ from trainables.data import Split
 
 DECODED_AHEAD = 32  # images decoded ahead of their copy into the split's array (`_in_order`)
 # part of every cache key: raised when `decode` gives other pixels for the same file (2: 16-bit
-# PNGs, which were clipped before), so no cache of the old pixels is read
+# PNGs, which were clipped before), so no cache of the old pixels is read. (Not for 32-bit and
+# float images, clipped before too: only TIFFs have them, which a listing leaves out, as Keras'
+# does; `search.predict` decodes any file it is given, and caches nothing)
 DECODER = 2
 Decoded = np.ndarray | None
 DEFAULT_CACHE = Path(os.environ.get("KERAS_SEARCH_CACHE", Path.home() / ".cache" / "keras-search"))
@@ -58,10 +60,15 @@ def decode(path: str, size: int, color_mode: str) -> np.ndarray | None:
             # DCT scaling): 1.7x the images per second on 500-px photos resized to 150
             img.draft(mode, (size, size))
             picture: Image.Image = img
-            if img.mode.startswith("I;16"):  # 16 bits a pixel: a grayscale PNG of a scan, say
+            if img.mode.startswith("I"):  # 16 or 32 bits a pixel: a grayscale scan, say
+                values = np.asarray(img)
+                if values.min() < 0 or values.max() > 65535:
+                    return None  # past 16 bits: no one 8-bit reading of it (as for floats)
                 # Pillow's convert clips past 255 (such an image came out all but white);
-                # its high byte, as libpng gives Keras' own loading
-                picture = Image.fromarray((np.asarray(img) >> 8).astype(np.uint8))
+                # its high byte, as libpng gives Keras' own loading of a 16-bit PNG
+                picture = Image.fromarray((values >> 8).astype(np.uint8))
+            elif img.mode == "F":  # floats (a TIFF): 0..1, 0..255 or a camera's counts, who
+                return None  # knows; Pillow's convert clipped them (0..1 came out black)
             resized = picture.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
             array = np.asarray(resized, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):

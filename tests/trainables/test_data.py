@@ -260,6 +260,21 @@ def test_a_16_bit_png_is_decoded_as_keras_decodes_it(tmp_path: Path) -> None:
     np.testing.assert_array_equal(decode(str(path), 16, "rgb"), np.repeat(keras_own, 3, -1))
 
 
+def test_32_bit_and_float_images_are_read_as_16_bit_or_skipped(tmp_path: Path) -> None:
+    """Pillow's conversion clipped 32-bit and float pixels to 0..255: a float TIFF in 0..1
+    came out black, and trained as such. A 32-bit image whose values fit in 16 bits reads as
+    its 16-bit PNG does; past 16 bits, and floats, have no one 8-bit reading: skipped."""
+    values = (np.arange(256, dtype=np.uint32).reshape(16, 16) * 257 + 100).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "scan.png")
+    Image.fromarray(values.astype(np.int32)).save(tmp_path / "scan32.tif")
+    np.testing.assert_array_equal(decode(str(tmp_path / "scan32.tif"), 16, "grayscale"),
+                                  decode(str(tmp_path / "scan.png"), 16, "grayscale"))
+    Image.fromarray(values.astype(np.int32) * 4).save(tmp_path / "past16.tif")
+    Image.fromarray(values.astype(np.float32) / 65535).save(tmp_path / "floats.tif")
+    assert decode(str(tmp_path / "past16.tif"), 16, "grayscale") is None
+    assert decode(str(tmp_path / "floats.tif"), 16, "rgb") is None
+
+
 def test_a_file_name_that_is_not_utf8_is_read(image_tree: Path, tmp_path: Path) -> None:
     """Linux file names are bytes: one from another system's encoding must neither crash the
     listing, the cache key nor a message, and its image is used."""
