@@ -14,13 +14,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from search.run_writer import RunWriter
-from search.tracking import TRIAL_ID, start_parent_run, trial_runs
+from search.tracking import TRIAL_ID, open_store, start_parent_run, trial_runs
 
 
 @pytest.fixture
 def client(tmp_path: Path, monkeypatch) -> MlflowClient:
     monkeypatch.chdir(tmp_path)  # a SQLite store's artifacts go under ./mlruns
-    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return open_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 def epoch(step: int) -> list[Metric]:
