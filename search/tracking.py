@@ -101,10 +101,11 @@ def _made_by_one(uri: str) -> Iterator[None]:
 
 def _copy_empty_store(database: Path) -> None:
     """Put at `database` a copy of an empty store, its tables made once per MLflow version in
-    the node's cache folder: making them is SQLite running MLflow's schema migrations one by
-    one, 0.8 to 1.8 s of every new store here, where the copy takes about 25 ms. The copy has
-    no experiment, so MLflow makes its default one as in any new store, with this store's
-    artifact root. Where the cache folder cannot be written, MLflow makes the store itself."""
+    the machine's default cache folder (a space's `data.cache_dir` is the space's own): making
+    them is SQLite running MLflow's schema migrations one by one, 0.8 to 1.7 s of every new
+    store here, where the copy takes about 25 ms. The copy has no experiment, so MLflow makes
+    its default one as in any new store, with this store's artifact root. Where the cache
+    folder cannot be written, MLflow makes the store itself."""
     # SQLAlchemy and MLflow's own table maker, both imported only for a new SQLite store
     import mlflow
     from mlflow.store.db.utils import _initialize_tables
