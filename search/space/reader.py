@@ -89,7 +89,12 @@ class Reader:
         if value in ("none", "imagenet"):
             return value
         file = Path(value).expanduser().absolute()
-        if not file.is_file():
+        try:
+            found = file.is_file()
+        except OSError as exc:  # is_file says False for a missing file, raises the rest
+            raise self.fail(path, f"expected none, imagenet or a weights file, got {value!r} "
+                            f"({exc.strerror}: {file})") from None
+        if not found:
             raise self.fail(path, f"expected none, imagenet or a weights file, got {value!r} "
                             f"(no such file: {file})")
         problem = _not_weights(file)

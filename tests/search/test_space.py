@@ -133,6 +133,9 @@ def test_parses_distributions_and_defaults(tmp_path: Path) -> None:
     ({"data.classes": [0, 1]}, "data.classes", "got [0, 1] (folder names: quote 0 as \"0\")"),
     ({"model.backbone": "vgg16", "model.backbone_weights": "nowhere.h5"},
      "model.backbone_weights", "no such file"),
+    # a name the system refuses to look up: Path.is_file raised OSError, a traceback
+    ({"model.backbone": "vgg16", "model.backbone_weights": "ü" * 300 + ".h5"},
+     "model.backbone_weights", "(File name too long: "),
 ])
 def test_broken_rules_name_file_key_and_rule(tmp_path: Path, changes: dict, where: str,
                                              rule: str) -> None:
