@@ -71,7 +71,8 @@ def _made_by_one(uri: str) -> Iterator[None]:
     """A lock on the folder of a SQLite store (made if absent, as MLflow would), between the
     processes of a machine, for the length of a `with`: two searches started at once in a
     new folder both made the store's tables, and the second failed ("table experiments
-    already exists"). Other stores (a server, a database server) make their tables once,
+    already exists"). A store not there yet is copied in under the lock, its tables made
+    (`_copy_empty_store`). Other stores (a server, a database server) make their tables once,
     themselves. An in-memory SQLite store is refused: each connection MLflow opens to it is
     a new, empty database, and the search failed midway."""
     if not uri.startswith("sqlite:"):

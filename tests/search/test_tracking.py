@@ -49,7 +49,7 @@ def test_a_store_mlflow_cannot_use_is_a_tracking_error(uri: str, why: str) -> No
 
 def test_a_new_store_is_a_copy_of_one_made_once_and_gets_its_own_default_experiment(
         tmp_path: Path, monkeypatch) -> None:
-    """SQLite running MLflow's migrations took 0.8 to 1.8 s of every new store; the copy is
+    """SQLite running MLflow's migrations took 0.8 to 1.7 s of every new store; the copy is
     the same tables, and MLflow makes the default experiment in it where this store's
     artifacts go (not where the first store's went)."""
     monkeypatch.setattr("search.tracking.DEFAULT_CACHE", tmp_path / "cache")
